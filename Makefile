@@ -1,0 +1,37 @@
+# twotower: `make help` lists the targets.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run data test lint format clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv (if missing) and install the project with its dev tools
+
+run: $(STAMP) ## the main job: fetch MovieLens-100K, preprocess, save, print a summary (ARGS=... passes options)
+	$(PY) -m twotower_utils.preprocessing $(ARGS)
+
+data: run ## alias of run while the data stage is the main job
+
+test: $(STAMP) ## run the test suite (MovieLens tests need TWOTOWER_ML100K_DIR, otherwise they skip)
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP) ## ruff check
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP) ## ruff format
+	$(VENV)/bin/ruff format .
+
+clean: ## remove processed data, models and reports (keeps .venv and downloaded raw data)
+	rm -rf data/processed/* models/* reports

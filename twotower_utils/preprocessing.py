@@ -1,0 +1,320 @@
+"""`DataPreprocessor`: load -> validate -> encode -> split -> negatives -> save, without TensorFlow.
+
+    preprocessor = DataPreprocessor("config.json")
+    preprocessor.load_data(); preprocessor.split_data()
+    preprocessor.generate_negatives(); preprocessor.save_processed_data()
+    data = load_processed(preprocessor.output_dir)
+
+What is written, and how the other stages read it, is described in docs/architecture.md.
+Run as a script (`python -m twotower_utils.preprocessing`) it is the data stage of the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from twotower_utils.config import Config, load_config
+from twotower_utils.features import FeatureEncoder
+from twotower_utils.io import atomic_directory, write_json
+from twotower_utils.processed import ProcessedData, load_processed
+from twotower_utils.sampling import sample_negatives
+from twotower_utils.splits import split_mask
+
+__all__ = ["DataPreprocessor", "ProcessedData", "load_processed", "main"]
+
+ID_FEATURE = "__id__"  # per-side table mapping an index to its id-embedding row (0 if unseen)
+
+
+class DataPreprocessor:
+    """Turns a dataset into the encoded, split arrays the model trains on.
+
+    Takes a `Config`, or a path to config.json plus optional overrides. Each step stores its
+    result on the object (`raw`, `train`, `validation`, `test`, `negatives`) and returns it.
+    """
+
+    def __init__(
+        self,
+        config: Config | str | Path = "config.json",
+        overrides: dict[str, Any] | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        if isinstance(config, Config):
+            self.config = config.with_overrides(overrides) if overrides else config
+        else:
+            self.config = load_config(config, overrides)
+        self.log = log
+        self.raw = None
+        self.train = self.validation = self.test = self.negatives = None
+        self.timings: dict[str, float] = {}
+
+    @property
+    def output_dir(self) -> Path:
+        """Where `save_processed_data` writes: `data/processed/<dataset>/`."""
+        return self.config.processed_dir()
+
+    # ---------------------------------------------------------------- load
+    def load_data(self):
+        """Load and validate the configured dataset; returns the `RawDataset`.
+
+        Explicit negatives (label 0) are kept aside in `self.explicit_negatives`; everything
+        downstream works on the positives. Ids become vocabularies with an out-of-vocabulary
+        slot at index 0; feature encoders are fitted on the feature tables.
+        """
+        from twotower_utils.datasets import load_dataset
+
+        started = time.perf_counter()
+        raw = load_dataset(self.config)
+        labels = raw.interactions["label"].to_numpy()
+        self.positives = raw.interactions[labels == 1].reset_index(drop=True)
+        self.explicit_negatives = raw.interactions[labels == 0].reset_index(drop=True)
+        if self.positives.empty:
+            raise ValueError(f"dataset {raw.name!r}: no interactions with label 1 to learn from")
+        self.user_vocab = _vocabulary(raw.users["user_id"], raw.interactions["user_id"])
+        self.item_vocab = _vocabulary(raw.items["item_id"], raw.interactions["item_id"])
+        self.user_features = raw.user_features if self.config.model.use_user_features else {}
+        self.item_features = raw.item_features if self.config.model.use_item_features else {}
+        self.user_encoder = FeatureEncoder.fit(raw.users, self.user_features)
+        self.item_encoder = FeatureEncoder.fit(raw.items, self.item_features)
+        self._user_index = _index_lookup(self.user_vocab)
+        self._item_index = _index_lookup(self.item_vocab)
+        for frame in (self.positives, self.explicit_negatives):
+            frame["user_idx"] = self._user_index(frame["user_id"])
+            frame["item_idx"] = self._item_index(frame["item_id"])
+        self.raw = raw
+        self.timings["load"] = time.perf_counter() - started
+        return raw
+
+    # ---------------------------------------------------------------- split
+    def split_data(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """Split the positives into (train, validation, test) with `data.split`.
+
+        The test split follows the configured method; validation is carved out of the training
+        part only, by the same method with `validation_ratio`, so test rows never inform it.
+        """
+        if self.raw is None:
+            self.load_data()
+        started = time.perf_counter()
+        split = self.config.data.split
+        train_mask = split_mask(self.positives, split.method, split.train_ratio, split.seed)
+        train_part = self.positives[train_mask].reset_index(drop=True)
+        test = self.positives[~train_mask].reset_index(drop=True)
+        keep_mask = split_mask(train_part, split.method, 1.0 - split.validation_ratio, split.seed + 1)
+        self.train = train_part[keep_mask].reset_index(drop=True)
+        self.validation = train_part[~keep_mask].reset_index(drop=True)
+        self.test = test
+        self.timings["split"] = time.perf_counter() - started
+        return self.train, self.validation, self.test
+
+    # ---------------------------------------------------------------- negatives
+    def generate_negatives(self) -> pd.DataFrame:
+        """Sample `data.num_negatives` negatives per training positive, saved for inspection.
+
+        Never one of the user's training positives; uniform over items seen in training, or
+        proportional to training popularity ** `popularity_alpha`; seeded by
+        `training.seed`. Training itself resamples fresh negatives every step.
+        """
+        if self.train is None:
+            self.split_data()
+        started = time.perf_counter()
+        data = self.config.data
+        users = self.train["user_idx"].to_numpy()
+        items = self.train["item_idx"].to_numpy()
+        num_items = len(self.item_vocab) + 1
+        neg_users, neg_items = sample_negatives(
+            users=np.repeat(users, data.num_negatives),
+            positive_users=users,
+            positive_items=items,
+            num_items=num_items,
+            distribution=data.negative_sampling,
+            alpha=data.popularity_alpha,
+            seed=self.config.training.seed,
+        )
+        self.negatives = pd.DataFrame(
+            {
+                "user_id": np.asarray(self.user_vocab, dtype=object)[neg_users - 1],
+                "item_id": np.asarray(self.item_vocab, dtype=object)[neg_items - 1],
+                "user_idx": neg_users.astype(np.int32),
+                "item_idx": neg_items.astype(np.int32),
+            }
+        )
+        self.timings["negatives"] = time.perf_counter() - started
+        return self.negatives
+
+    # ---------------------------------------------------------------- save
+    def save_processed_data(self, directory: str | Path | None = None) -> Path:
+        """Write splits, negatives, vocabularies, feature tables/specs, history and stats.
+
+        Everything goes to a temporary directory first and replaces `directory` (default
+        `data/processed/<dataset>/`) in one rename, so a failure midway leaves the previous
+        processed data intact. Returns the directory.
+        """
+        if self.negatives is None:
+            self.generate_negatives()
+        started = time.perf_counter()
+        target = Path(directory) if directory is not None else self.output_dir
+        with atomic_directory(target) as staging:
+            for name in ("train", "validation", "test", "negatives"):
+                getattr(self, name).to_parquet(staging / f"{name}.parquet", index=False)
+            write_json(staging / "vocabularies.json",
+                       {"user_id": self.user_vocab, "item_id": self.item_vocab})
+            write_json(staging / "feature_specs.json",
+                       {"user": self.user_encoder.specs, "item": self.item_encoder.specs})
+            np.savez(staging / "features.npz", **self._feature_tables())
+            history = self._history_matrix()
+            np.savez(staging / "history.npz", indptr=history.indptr, indices=history.indices,
+                     shape=np.asarray(history.shape))
+            self.timings["save"] = time.perf_counter() - started
+            write_json(staging / "stats.json", self.stats())
+        return target
+
+    def run(self) -> Path:
+        """All four steps in order; returns the processed-data directory."""
+        self.load_data()
+        self.split_data()
+        self.generate_negatives()
+        return self.save_processed_data()
+
+    # ---------------------------------------------------------------- helpers
+    def _feature_tables(self) -> dict[str, np.ndarray]:
+        tables = {}
+        sides = (("user", self.raw.users, "user_id", self.user_vocab, self.user_encoder),
+                 ("item", self.raw.items, "item_id", self.item_vocab, self.item_encoder))
+        for side, table, id_column, vocab, encoder in sides:
+            # Row p + 1 holds the features of vocab[p]; ids without a feature row keep row 0's
+            # "unknown" encoding (zeros), the same as the out-of-vocabulary slot.
+            rows = table.drop_duplicates(id_column).set_index(id_column).reindex(vocab)
+            for name, values in encoder.transform(rows.reset_index()).items():
+                padded = np.zeros((len(vocab) + 1,) + values.shape[1:], dtype=values.dtype)
+                padded[1:] = values
+                tables[f"{side}/{name}"] = padded
+            # Ids never seen in training share the OOV id embedding (an untrained row would
+            # be noise); their features still place them: that is the cold-start path.
+            seen = np.zeros(len(vocab) + 1, dtype=bool)
+            seen[self.train[f"{side}_idx"].to_numpy()] = True
+            id_rows = np.where(seen, np.arange(len(vocab) + 1), 0).astype(np.int32)
+            tables[f"{side}/{ID_FEATURE}"] = id_rows
+        return tables
+
+    def _history_matrix(self) -> sp.csr_matrix:
+        shape = (len(self.user_vocab) + 1, len(self.item_vocab) + 1)
+        matrix = sp.csr_matrix(
+            (np.ones(len(self.train), dtype=np.float32),
+             (self.train["user_idx"].to_numpy(), self.train["item_idx"].to_numpy())),
+            shape=shape,
+        )
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, sparsity, split sizes and notes of the current state, JSON-able."""
+        num_users, num_items = len(self.user_vocab), len(self.item_vocab)
+        pairs = self.positives[["user_id", "item_id"]].drop_duplicates()
+        splits = {name: getattr(self, name) for name in ("train", "validation", "test")}
+        train_items = set(self.train["item_id"]) if self.train is not None else set()
+        train_users = set(self.train["user_id"]) if self.train is not None else set()
+        return {
+            "dataset": self.raw.name,
+            "split_method": self.config.data.split.method,
+            "num_users": num_users,
+            "num_items": num_items,
+            "num_interactions": int(len(self.positives)),
+            "num_explicit_negatives": int(len(self.explicit_negatives)),
+            "sparsity": 1.0 - len(pairs) / float(num_users * num_items),
+            "splits": {
+                name: {
+                    "rows": int(len(frame)),
+                    "users": int(frame["user_id"].nunique()),
+                    "items": int(frame["item_id"].nunique()),
+                    "cold_users": int((~frame["user_id"].isin(train_users)).sum()),
+                    "cold_items": int((~frame["item_id"].isin(train_items)).sum()),
+                }
+                for name, frame in splits.items()
+                if frame is not None
+            },
+            "num_negatives": int(len(self.negatives)) if self.negatives is not None else 0,
+            "user_features": dict(self.user_features),
+            "item_features": dict(self.item_features),
+            "notes": list(self.raw.notes),
+            "timings_seconds": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+def _vocabulary(*id_columns: pd.Series) -> list[str]:
+    """Sorted distinct ids (numerically when every id is a number, so "10" follows "9")."""
+    ids = pd.unique(pd.concat([column.astype(str) for column in id_columns], ignore_index=True))
+    ids = [str(value) for value in ids]
+    if all(value.isdigit() for value in ids):
+        return sorted(ids, key=lambda value: (int(value), value))
+    return sorted(ids)
+
+
+def _index_lookup(vocab: list[str]) -> Callable[[pd.Series], np.ndarray]:
+    index = pd.Index(vocab)
+
+    def lookup(ids: pd.Series) -> np.ndarray:
+        positions = index.get_indexer(ids.astype(str))
+        return (positions + 1).astype(np.int32)  # -1 (unknown) becomes 0, the OOV slot
+
+    return lookup
+
+
+def summarise(stats: dict[str, Any], directory: Path) -> str:
+    """A short human-readable summary of `stats.json`, for the terminal."""
+    lines = [
+        f"dataset {stats['dataset']}: {stats['num_users']:,} users, {stats['num_items']:,} items, "
+        f"{stats['num_interactions']:,} positive interactions "
+        f"(sparsity {stats['sparsity']:.4f})",
+        f"split '{stats['split_method']}': "
+        + ", ".join(f"{name} {info['rows']:,}" for name, info in stats["splits"].items()),
+        f"negatives for inspection: {stats['num_negatives']:,}",
+        *[f"note: {note}" for note in stats["notes"]],
+        f"timings (s): {stats['timings_seconds']}",
+        f"written to {directory}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Data stage CLI: fetch/load the configured dataset, preprocess, save, print a summary."""
+    parser = argparse.ArgumentParser(
+        prog="python -m twotower_utils.preprocessing",
+        description="Fetch, validate, split and save a dataset for two-tower training.",
+    )
+    parser.add_argument("--config", default="config.json", help="configuration file")
+    parser.add_argument("--dataset", help="override data.dataset")
+    parser.add_argument(
+        "-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+        help="override a config key (dotted path), VALUE parsed as JSON when possible",
+    )
+    args = parser.parse_args(argv)
+    overrides = {key: _parse_value(value) for key, value in args.param}
+    if args.dataset:
+        overrides["data.dataset"] = args.dataset
+    started = time.perf_counter()
+    preprocessor = DataPreprocessor(args.config, overrides)
+    directory = preprocessor.run()
+    print(summarise(preprocessor.stats(), directory))
+    print(f"data stage finished in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _parse_value(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
