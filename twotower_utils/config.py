@@ -230,7 +230,8 @@ def config_from_dict(raw: dict[str, Any], root: Path | str = ".") -> Config:
 
 def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     if not isinstance(raw, dict):
-        problems.append(f"{prefix or '<top>'} = {raw!r}: expected an object (JSON dict)")
+        where = prefix.rstrip(".") or "<top level>"
+        problems.append(f"{where} = {raw!r}: expected an object (JSON dict)")
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}

@@ -106,7 +106,7 @@ class DataPreprocessor:
         train_mask = split_mask(self.positives, split.method, split.train_ratio, split.seed)
         train_part = self.positives[train_mask].reset_index(drop=True)
         test = self.positives[~train_mask].reset_index(drop=True)
-        keep_mask = split_mask(train_part, split.method, 1.0 - split.validation_ratio, split.seed + 1)
+        keep_mask = split_mask(train_part, split.method, 1.0 - split.validation_ratio, split.seed)
         self.train = train_part[keep_mask].reset_index(drop=True)
         self.validation = train_part[~keep_mask].reset_index(drop=True)
         self.test = test
