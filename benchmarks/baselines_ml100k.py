@@ -1,26 +1,27 @@
 """Most-popular and EASE on the MovieLens-100K benchmark protocol (DESIGN §5).
 
-Usage: .venv/bin/python benchmarks/baselines_ml100k.py [ML100K_DIR]
-(or set TWOTOWER_ML100K_DIR); the directory holds GroupLens's `u.data`.
+Usage: .venv/bin/python benchmarks/baselines_ml100k.py [--ml100k-dir DIR]
+(or set TWOTOWER_ML100K_DIR; without either, the data is fetched as `make run` does).
 
-The split is Microsoft Recommenders' python_stratified_split(ratio=0.75, filter_by="item",
-seed=42). EASE's l2 is chosen on a validation split carved out of the training part by the
-same stratified split (ratio 0.9, seed 42), then EASE is refitted on all of training. Raw
-GroupLens ids (1..943 users, 1..1682 items) serve directly as indices, so row/column 0 is an
-unused slot, as the out-of-vocabulary index is in the processed data.
+The split is the project's own benchmark split (DataPreprocessor, `data.split.method =
+"benchmark"`), identical to Microsoft Recommenders' python_stratified_split(ratio=0.75,
+filter_by="item", seed=42). EASE's l2 is chosen on the validation split carved out of the
+training part, then EASE is refitted on all of training (train + validation) and scored on
+test: recommendations among items seen in training, excluding each user's training items.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from twotower_utils.config import load_config
 from twotower_utils.evaluation import (
     EASE,
     MostPopular,
@@ -29,54 +30,40 @@ from twotower_utils.evaluation import (
     top_k_from_scores,
     tune_ease,
 )
+from twotower_utils.preprocessing import DataPreprocessor, load_processed
 
 K = 10
 PUBLISHED_NDCG = {"most_popular": 0.252, "ease": 0.481}
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def stratified_split(df: pd.DataFrame, ratio: float, seed: int) -> tuple[pd.DataFrame, ...]:
-    """MS python_stratified_split by item: per item, the first round(ratio * n) shuffled rows."""
-    np.random.seed(seed)
-    df = df.assign(random=np.random.rand(len(df)))
-    ordered = df.sort_values(["i", "random"])
-    groups = ordered.groupby("i")
-    count = groups["i"].transform("count")
-    rank = groups.cumcount() + 1
-    first = rank <= np.round(ratio * count)
-    return ordered[first].drop(columns="random"), ordered[~first].drop(columns="random")
-
-
-def to_csr(df: pd.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
-    """Binary user x item matrix of a ratings frame."""
-    ones = np.ones(len(df), dtype=np.float32)
-    return sp.csr_matrix((ones, (df["u"].to_numpy(), df["i"].to_numpy())), shape=shape)
-
-
-def evaluate(model, train: sp.csr_matrix, truth: sp.csr_matrix) -> dict[str, float]:
+def evaluate(model, train, truth) -> dict[str, float]:
     """Top-k among items seen in `train`, excluding each user's `train` items."""
     candidates = np.asarray(train.sum(axis=0)).ravel() > 0
     top_idx, _ = top_k_from_scores(model.scores, train.shape[0], K, train, candidates)
     return ranking_metrics(top_idx, truth, (K,), num_items=int(candidates.sum()))
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the tuning table and the comparison table."""
-    directory = argv[1] if len(argv) > 1 else os.environ.get("TWOTOWER_ML100K_DIR")
-    if not directory:
-        print(__doc__)
-        return 2
-    ratings = pd.read_csv(Path(directory) / "u.data", sep="\t", names=["u", "i", "r", "t"])
-    shape = (ratings["u"].max() + 1, ratings["i"].max() + 1)
-    train_df, test_df = stratified_split(ratings, 0.75, 42)
-    inner_df, valid_df = stratified_split(train_df, 0.9, 42)
-    train, test = to_csr(train_df, shape), to_csr(test_df, shape)
-    print(
-        f"train {len(train_df)} rows, test {len(test_df)} rows, "
-        f"validation {len(valid_df)} rows carved from train"
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ml100k-dir", help="local GroupLens ml-100k directory")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        config = load_config(PROJECT_ROOT / "config.json", {
+            "data.dataset": "movielens-100k",
+            "data.split.method": "benchmark",
+            "data.ml100k_dir": args.ml100k_dir,
+            "paths.processed_dir": scratch,
+        })
+        data = load_processed(DataPreprocessor(config, log=lambda _: None).run())
+    inner, validation, test = (data.interactions(s) for s in ("train", "validation", "test"))
+    train = inner + validation
+    print(f"train {train.nnz} rows ({validation.nnz} of them the validation split), "
+          f"test {test.nnz} rows")
 
     started = time.perf_counter()
-    best_l2, table = tune_ease(to_csr(inner_df, shape), to_csr(valid_df, shape), k=K)
+    best_l2, table = tune_ease(inner, validation, k=K)
     print(f"\nEASE l2 on validation ({time.perf_counter() - started:.1f}s), best {best_l2:g}:")
     print(table[["l2", f"ndcg@{K}", f"precision@{K}", f"map@{K}"]].to_string(index=False))
 
@@ -95,4 +82,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())
