@@ -41,7 +41,7 @@ class ModelConfig:
     """The towers and how they are compared."""
 
     embedding_dim: int = _number(64, lo=1)
-    hidden_layers: list[int] = field(default_factory=lambda: [128])
+    hidden_layers: list[int] = field(default_factory=list)
     output_projection: bool = True
     dropout: float = _number(0.1, lo=0.0, hi=1.0, hi_open=True)
     activation: str = _choice("relu", "gelu", "elu", "selu", "tanh", "swish", default="relu")
@@ -50,7 +50,10 @@ class ModelConfig:
     use_user_features: bool = True
     use_item_features: bool = True
     use_history: bool = True
-    l2_regularization: float = _number(0.0, lo=0.0)
+    use_user_id: bool = False
+    history_dropout: float = _number(0.3, lo=0.0, hi=1.0, hi_open=True)
+    history_leave_one_out: bool = False
+    l2_regularization: float = _number(0.05, lo=0.0)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class TrainingConfig:
     learning_rate: float = _number(0.005, lo=0.0, lo_open=True)
     learning_rate_decay_factor: float = _number(0.9, lo=0.0, hi=1.0, lo_open=True)
     learning_rate_decay_steps: int = _number(1000, lo=1)
-    early_stopping_patience: int = _number(3, lo=0)
+    early_stopping_patience: int = _number(5, lo=0)
     early_stopping_metric: str = _choice("ndcg@10", "recall@10", "ndcg@20", "recall@20",
                                          default="ndcg@10")
     loss: str = _choice("bce", "softmax", default="bce")
@@ -110,7 +113,7 @@ class DataConfig:
     item_features: dict[str, str] | None = None
     missing_feature_rows: str = _choice("drop", "keep", default="drop")
     split: SplitConfig = field(default_factory=SplitConfig)
-    num_negatives: int = _number(4, lo=0)
+    num_negatives: int = _number(16, lo=0)
     negative_sampling: str = _choice("uniform", "popularity", default="uniform")
     popularity_alpha: float = _number(0.75, lo=0.0)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -374,9 +377,12 @@ def _cross_checks(config: Config) -> list[str]:
             "data.num_negatives = 0: the BCE loss needs negatives; set num_negatives >= 1 or "
             "training.in_batch_negatives = true"
         )
-    if data.negative_sampling == "uniform" and config.training.logq_correction:
+    if (training.logq_correction and training.loss == "bce"
+            and data.negative_sampling == "uniform"):
+        # Uniform negatives have equal sampling probability: there is nothing to correct.
+        # (The softmax loss corrects for in-batch item frequency, so it is allowed there.)
         problems.append(
-            "training.logq_correction = True: logQ correction needs "
+            "training.logq_correction = True: with the BCE loss, logQ correction needs "
             "data.negative_sampling = 'popularity'"
         )
     return problems

@@ -1,0 +1,296 @@
+"""The towers, the BCE loss and its negatives, training (early stopping, kill-and-resume), and
+the `TwoTowerRecallSystem` API, on a small synthetic dataset with planted clusters."""
+
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tf
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+tf = pytest.importorskip("tensorflow")
+
+from twotower_utils.config import load_config  # noqa: E402
+from twotower_utils.preprocessing import DataPreprocessor, load_processed  # noqa: E402
+
+SMALL = {
+    "data.dataset": "synthetic",
+    "data.user_features": None,
+    "data.item_features": None,
+    "data.synthetic": {"num_users": 300, "num_items": 120, "num_interactions": 6000,
+                       "num_clusters": 4, "seed": 1},
+    "data.split.method": "random",
+    "data.num_negatives": 4,
+    "model.embedding_dim": 16,
+    "model.hidden_layers": [32],
+    "model.dropout": 0.1,
+    "model.l2_regularization": 0.0,  # the hand-computed loss below is the BCE alone
+    "training.epochs": 4,
+    "training.batch_size": 256,
+    "training.learning_rate": 0.01,
+    "training.early_stopping_patience": 10,
+}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A scratch project root whose paths point into a temporary directory."""
+    return tmp_path_factory.mktemp("twotower")
+
+
+def small_overrides(workdir, **extra):
+    """SMALL plus paths inside `workdir` and any extra overrides."""
+    paths = {f"paths.{name}": str(workdir / name)
+             for name in ("raw_dir", "processed_dir", "models_dir", "logs_dir")}
+    return {**SMALL, **paths, **extra}
+
+
+@pytest.fixture(scope="module")
+def config(project_root, workdir):
+    """The small synthetic configuration."""
+    return load_config(project_root / "config.json", small_overrides(workdir))
+
+
+@pytest.fixture(scope="module")
+def data(config):
+    """Processed synthetic data (preprocessed once for the module)."""
+    DataPreprocessor(config, log=lambda _: None).run()
+    return load_processed(config.processed_dir())
+
+
+@pytest.fixture(scope="module")
+def system(project_root, workdir, data):
+    """A trained and saved `TwoTowerRecallSystem` on the synthetic data."""
+    from twotower_utils.system import TwoTowerRecallSystem
+
+    lines = []
+    system = TwoTowerRecallSystem(project_root / "config.json", small_overrides(workdir),
+                                  run_id="main", log=lines.append)
+    system.prepare_data(reuse=True)
+    system.train_model()
+    system.log_lines = lines
+    return system
+
+
+# ---------------------------------------------------------------------------- towers, loss
+
+
+def test_every_hidden_dense_is_followed_by_batchnorm_activation_and_dropout(data, workdir,
+                                                                           project_root):
+    from twotower_utils.model import build_model
+
+    config = load_config(project_root / "config.json",
+                         small_overrides(workdir, **{"model.hidden_layers": [32, 16]}))
+    model = build_model(data, config)
+    for tower in (model.user_tower, model.item_tower):
+        assert len(tower.hidden) == 2
+        for dense, norm, activation, dropout in tower.hidden:
+            assert isinstance(dense, tf.keras.layers.Dense)
+            assert isinstance(norm, tf.keras.layers.BatchNormalization)
+            assert isinstance(activation, tf.keras.layers.Activation)
+            assert isinstance(dropout, tf.keras.layers.Dropout) and dropout.rate == 0.1
+        assert tower.projection.units == 16
+    users = tf.constant([1, 2, 3])
+    assert model.embed_users(users).shape == (3, 16)
+    assert model.embed_items(users).shape == (3, 16)
+
+
+def test_bce_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, config):
+    from twotower_utils.model import build_model
+
+    model = build_model(data, config)
+    users = tf.constant([1, 2, 3], tf.int32)
+    items = tf.constant([data.history[u].indices[0] for u in (1, 2, 3)], tf.int32)
+    negatives = tf.constant([[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]], tf.int32)
+    valid = tf.constant([[True, True, True, False]] * 3)
+    model.sampler.sample = lambda _users, _k: (negatives, valid)
+    loss = float(model.compute_loss({"user_idx": users, "item_idx": items}))
+
+    loo = model.options["history_leave_one_out"]
+    user_vec = model.embed_users(users, exclude_items=items if loo else None).numpy()
+    pos = (user_vec * model.embed_items(items).numpy()).sum(1)
+    neg = np.einsum("bd,bkd->bk", user_vec,
+                    model.embed_items(tf.reshape(negatives, [-1])).numpy().reshape(3, 4, -1))
+
+    def log_sigmoid(x):
+        return -np.log1p(np.exp(-x))
+
+    # Per positive: its own term plus its valid negatives' (the 4th is invalid), averaged.
+    per_positive = -log_sigmoid(pos) - sum(log_sigmoid(-neg[:, j]) for j in range(3))
+    expected = per_positive.mean()
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_sampled_negatives_never_include_the_users_training_positives(data, workdir,
+                                                                      project_root, sampling):
+    from twotower_utils.model import build_model
+
+    config = load_config(project_root / "config.json",
+                         small_overrides(workdir, **{"data.negative_sampling": sampling}))
+    model = build_model(data, config)
+    users = np.repeat(np.arange(1, data.num_users), 20).astype(np.int32)
+    negatives, valid = model.sampler.sample(tf.constant(users), 8)
+    negatives, valid = negatives.numpy(), valid.numpy()
+    assert valid.all()
+    positives = data.history[users].toarray()
+    assert not positives[np.arange(len(users))[:, None], negatives].any()
+    assert negatives.min() >= 1  # never the out-of-vocabulary slot
+    train_items = np.asarray(data.history.sum(axis=0)).ravel() > 0
+    assert train_items[negatives].all()  # only items seen in training
+
+
+@pytest.mark.parametrize("overrides", [
+    {"training.loss": "softmax"},
+    {"training.in_batch_negatives": True, "data.negative_sampling": "popularity",
+     "training.logq_correction": True},
+    {"model.similarity": "cosine", "model.temperature": 0.1, "model.hidden_layers": []},
+])
+def test_loss_variants_give_finite_losses_and_gradients(data, workdir, project_root, overrides):
+    from twotower_utils.model import build_model
+
+    config = load_config(project_root / "config.json", small_overrides(workdir, **overrides))
+    model = build_model(data, config)
+    batch = {"user_idx": tf.constant(data.train["user_idx"].to_numpy()[:64]),
+             "item_idx": tf.constant(data.train["item_idx"].to_numpy()[:64])}
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(batch, training=True)
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert np.isfinite(float(loss))
+    assert all(g is not None for g in grads)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_loss_falls_and_validation_recall_rises_on_planted_data(system):
+    history = system.training_result.history
+    assert len(history) == SMALL["training.epochs"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["val_recall@10"] > history[0]["val_recall@10"]
+    # One progress line per epoch plus the summary, no per-step flood.
+    epoch_lines = [line for line in system.log_lines if line.startswith("epoch")]
+    assert len(epoch_lines) == SMALL["training.epochs"]
+
+
+def test_kill_and_resume_ends_with_the_same_weights_and_metrics(system, project_root, workdir):
+    from twotower_utils.system import TwoTowerRecallSystem
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(epoch, _record):
+        if epoch == 2:
+            raise Killed
+
+    overrides = small_overrides(workdir)
+    first = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="killed",
+                                 log=None)
+    first.prepare_data(reuse=True)
+    with pytest.raises(Killed):
+        first.train_model(callbacks=[kill_after_two])
+    second = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="killed",
+                                  log=None)
+    second.prepare_data(reuse=True)
+    result = second.train_model(resume=True)
+    assert result.resumed_from == 2
+    for ours, theirs in zip(second.model.weights, system.model.weights, strict=True):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-5, rtol=1e-5)
+    assert [r["val_ndcg@10"] for r in result.history] == pytest.approx(
+        [r["val_ndcg@10"] for r in system.training_result.history], abs=1e-6)
+    assert second.evaluate_model() == pytest.approx(system.evaluate_model(), abs=1e-6)
+
+
+def test_early_stopping_restores_the_best_epochs_weights(data, project_root, workdir):
+    from twotower_utils.system import TwoTowerRecallSystem
+
+    overrides = small_overrides(workdir, **{"training.epochs": 6,
+                                            "training.early_stopping_patience": 1,
+                                            "training.learning_rate": 0.2})
+    system = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="early",
+                                  log=None)
+    system.prepare_data(reuse=True)
+    result = system.train_model(save=False)
+    best = max(r["val_ndcg@10"] for r in result.history)
+    assert result.best_metric == pytest.approx(best)
+    assert system.evaluate_model("validation", k_values=[10], metrics=["ndcg"])[
+        "ndcg@10"] == pytest.approx(best, abs=1e-6)
+    # A learning rate this large overshoots, so patience 1 stops the run one epoch after
+    # its best.
+    assert result.stopped_early
+    assert len(result.history) == result.best_epoch + 1 < 6
+
+
+# ---------------------------------------------------------------------------- system API
+
+
+def test_recommendations_are_ranked_and_exclude_the_users_training_items(system):
+    data = system.data
+    for user_index in (1, 2, 3):
+        user_id = data.user_vocab[user_index - 1]
+        recs = system.recommend_items(user_id, top_k=10)
+        assert list(recs["rank"]) == list(range(1, 11))
+        assert recs["score"].is_monotonic_decreasing
+        seen = {data.item_vocab[i - 1] for i in data.history[user_index].indices}
+        assert seen and not seen & set(recs["item_id"])
+        with_seen = system.recommend_items(user_id, top_k=50, exclude_seen=False)
+        assert seen & set(with_seen["item_id"])
+    batch = system.recommend_batch([data.user_vocab[0]], top_k=10)
+    assert list(batch["item_id"]) == list(system.recommend_items(data.user_vocab[0])["item_id"])
+
+
+def test_embeddings_have_the_model_size_and_unknown_ids_raise(system):
+    data = system.data
+    assert system.get_user_embedding(data.user_vocab[0]).shape == (16,)
+    assert system.get_item_embedding(data.item_vocab[0]).shape == (16,)
+    with pytest.raises(KeyError, match="unknown item_id 'no-such-item'.*item_features"):
+        system.get_item_embedding("no-such-item")
+    spec = system.data.feature_specs["item"]
+    features = {s["name"]: s["vocabulary"][0] if "vocabulary" in s else s["mean"] for s in spec}
+    assert system.get_item_embedding("no-such-item", item_features=features).shape == (16,)
+
+
+def test_top_k_must_be_positive(system):
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="top_k"):
+            system.recommend_items(system.data.user_vocab[0], top_k=bad)
+
+
+def test_unknown_user_gets_cold_start_with_features_or_a_named_error(system):
+    with pytest.raises(KeyError, match="unknown user_id 'stranger'.*user_features"):
+        system.recommend_items("stranger")
+    spec = system.data.feature_specs["user"]
+    features = {s["name"]: s["vocabulary"][0] if "vocabulary" in s else s["mean"] for s in spec}
+    recs = system.recommend_items("stranger", top_k=5, user_features=features)
+    assert len(recs) == 5
+    item = system.data.item_vocab[0]
+    recs = system.recommend_items("stranger", top_k=5, user_features=features,
+                                  history_items=[item])
+    assert item not in set(recs["item_id"])
+
+
+def test_a_saved_run_reloads_and_recommends_identically(system):
+    from twotower_utils.system import TwoTowerRecallSystem
+
+    run_dir = system.run_dir
+    assert (run_dir / "item_embeddings.npy").is_file()
+    assert (run_dir / "user_tower" / "saved_model.pb").is_file()
+    assert not list(run_dir.parent.glob(f".{run_dir.name}.tmp-*"))
+    loaded = TwoTowerRecallSystem.load(run_dir, log=None)
+    for user_id in system.data.user_vocab[:5]:
+        ours, theirs = system.recommend_items(user_id), loaded.recommend_items(user_id)
+        assert list(ours["item_id"]) == list(theirs["item_id"])
+        np.testing.assert_allclose(ours["score"], theirs["score"], rtol=1e-6)
+    spec = system.data.feature_specs["user"]
+    features = {s["name"]: s["vocabulary"][0] if "vocabulary" in s else s["mean"] for s in spec}
+    np.testing.assert_allclose(loaded.get_user_embedding("new", user_features=features),
+                               system.get_user_embedding("new", user_features=features),
+                               rtol=1e-5, atol=1e-6)
+    exported = tf.saved_model.load(str(run_dir / "item_tower"))
+    inputs = {"id": tf.constant([1, 2], tf.int32)}
+    for name, table in system.data.side_features("item").items():
+        if name != "__id__":
+            inputs[name] = tf.constant(table[[1, 2]])
+    out = exported.signatures["serving_default"](**inputs)["embedding"].numpy()
+    np.testing.assert_allclose(out, loaded._items()[[1, 2]], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,394 @@
+"""`TwoTowerRecallSystem`: the one-object API from data to recommendations.
+
+    system = TwoTowerRecallSystem("config.json")
+    system.prepare_data(); system.build_model(); system.train_model(); system.evaluate_model()
+    system.recommend_items("196", top_k=10)        # DataFrame: item_id, score, rank
+    TwoTowerRecallSystem.load("models/<run_id>")   # a saved run, without retraining
+
+A known user's recommendations are a lookup of their cached embedding (computed once from
+their training + validation history) and one matrix-vector product with the cached item
+embeddings. An unknown user goes through the cold-start path when features (and optionally
+items they interacted with) are given, through the user tower with the out-of-vocabulary id.
+The run directory layout is in `save`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from twotower_utils.config import Config, config_from_dict, load_config
+from twotower_utils.io import atomic_directory, read_json, write_json
+
+__all__ = ["TwoTowerRecallSystem", "export_tower"]
+
+
+class _RunData:
+    """The arrays a saved run keeps for serving (a stand-in for `ProcessedData`)."""
+
+    def __init__(self, user_vocab, item_vocab, features, feature_specs, history):
+        self.user_vocab, self.item_vocab = list(user_vocab), list(item_vocab)
+        self.features, self.feature_specs, self.history = features, feature_specs, history
+        self.num_users, self.num_items = len(self.user_vocab) + 1, len(self.item_vocab) + 1
+
+
+def _csr(frames: list[pd.DataFrame], shape: tuple[int, int]) -> sp.csr_matrix:
+    users = np.concatenate([f["user_idx"].to_numpy() for f in frames])
+    items = np.concatenate([f["item_idx"].to_numpy() for f in frames])
+    matrix = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=shape)
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def export_tower(model, side: str, path: str | Path) -> None:
+    """Save one tower of `model` as a SavedModel with a `serving_default` signature.
+
+    The signature takes the tower's encoded inputs (`Tower.input_signature`: `id` int32
+    `[B]` = the `<side>/__id__` row, 0 if unknown; each feature as `FeatureEncoder` encodes
+    it; `history` int32 `[B, L]` item indices padded with 0, for a user tower with history)
+    and returns `{"embedding": float32 [B, d]}`.
+    """
+    import tensorflow as tf
+
+    tower = model.user_tower if side == "user" else model.item_tower
+    module = tf.Module()
+    module.tower = tower
+    module.serve = tf.function(lambda inputs: {"embedding": tower(inputs, training=False)},
+                               input_signature=[tower.input_signature()])
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def _save_csr(path: Path, matrix: sp.csr_matrix) -> None:
+    np.savez(path, indptr=matrix.indptr, indices=matrix.indices, shape=np.asarray(matrix.shape))
+
+
+def _load_csr(path: Path) -> sp.csr_matrix:
+    with np.load(path) as archive:
+        indices = archive["indices"]
+        return sp.csr_matrix((np.ones(len(indices), np.float32), indices, archive["indptr"]),
+                             shape=tuple(int(v) for v in archive["shape"]))
+
+
+class TwoTowerRecallSystem:
+    """Data preparation, two-tower training, evaluation and recommendation in one object.
+
+    Args:
+        config_path: the configuration file (config.json).
+        overrides: dict of overrides merged over it (nested or dotted keys).
+        run_id: names the run (`models/<run_id>/`, checkpoints, TensorBoard logs); default
+            `<dataset>-<timestamp>`. Pass the same run_id with `train_model(resume=True)` to
+            continue a killed run.
+        log: where progress lines go (None: silent).
+    """
+
+    def __init__(self, config_path: str | Path = "config.json",
+                 overrides: dict[str, Any] | None = None, run_id: str | None = None,
+                 log=print):
+        self.config: Config = load_config(config_path, overrides)
+        self.run_id = run_id or (f"{self.config.data.dataset}-"
+                                 f"{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        self.log = log or (lambda _line: None)
+        self.data = None
+        self.model = None
+        self.training_result = None
+        self.metrics: dict[str, float] = {}
+        self.run_dir: Path | None = None
+        self._user_vectors = self._item_vectors = None
+        self._index: dict[str, dict[str, int]] = {}
+
+    # ------------------------------------------------------------------ pipeline
+    def prepare_data(self, reuse: bool = False):
+        """Run the data stage (`DataPreprocessor`) and load its output.
+
+        With `reuse=True` an existing processed directory for the configured dataset is
+        loaded as it is (its split must match the config). Returns the `ProcessedData`.
+        """
+        from twotower_utils.preprocessing import DataPreprocessor, load_processed
+
+        directory = self.config.processed_dir()
+        if not (reuse and (directory / "stats.json").is_file()):
+            DataPreprocessor(self.config, log=self.log).run()
+        self.data = load_processed(directory)
+        shape = (self.data.num_users, self.data.num_items)
+        # Serving sees everything known before the test split: train + validation.
+        self._serving_history = _csr([self.data.train, self.data.validation], shape)
+        self._candidates = np.asarray(self._serving_history.sum(axis=0)).ravel() > 0
+        self._user_vectors = self._item_vectors = None
+        self._index = {}
+        return self.data
+
+    def build_model(self):
+        """Build the two towers and the retrieval model for the prepared data."""
+        from twotower_utils.model import build_model
+
+        if self.data is None:
+            self.prepare_data()
+        self.model = build_model(self.data, self.config)
+        self._user_vectors = self._item_vectors = None
+        return self.model
+
+    def train_model(self, resume: bool = False, save: bool = True, callbacks=()):
+        """Train with early stopping and per-epoch checkpoints; returns a `TrainingResult`.
+
+        `resume=True` continues this run_id's last checkpoint (a fresh start if none).
+        With `save=True` the run directory `models/<run_id>/` is written afterwards.
+        """
+        from twotower_utils.training import Trainer
+
+        if self.model is None:
+            self.build_model()
+        data = self.data
+        trainer = Trainer(
+            self.model, self.config, data.train["user_idx"].to_numpy(),
+            data.train["item_idx"].to_numpy(), data.interactions("validation"), data.history,
+            checkpoint_dir=self.config.path("models_dir") / ".checkpoints" / self.run_id,
+            log_dir=self.config.path("logs_dir") / self.run_id, log=self.log)
+        self.training_result = trainer.fit(resume=resume, callbacks=callbacks)
+        self._user_vectors = self._item_vectors = None
+        if save:
+            self.save()
+        return self.training_result
+
+    def evaluate_model(self, split: str = "test", k_values=None, metrics=None) -> dict:
+        """Ranking metrics on `split` ("test" or "validation") over the full catalogue.
+
+        Test: users' history and excluded items are train + validation, candidates the
+        items seen there. Validation: the training split alone. Returns `{"ndcg@10": ...}`
+        (k values and metrics default to the `evaluation` section of the config).
+        """
+        from twotower_utils.evaluation import ranking_metrics, top_k_scores
+
+        if split not in ("test", "validation"):
+            raise ValueError(f"split = {split!r}: expected 'test' or 'validation'")
+        if not hasattr(self.data, "interactions"):
+            raise RuntimeError("no evaluation data: a loaded run keeps only what serving "
+                               "needs (its metrics are in metrics.json); call prepare_data() "
+                               "first to evaluate it again")
+        self._require_model()
+        evaluation = self.config.evaluation
+        k_values = tuple(k_values or evaluation.k_values)
+        metrics = tuple(metrics or evaluation.metrics)
+        data = self.data
+        if split == "test":
+            history, candidates = self._serving_history, self._candidates
+            user_vectors = self._users()
+        else:
+            history = data.history
+            candidates = np.asarray(history.sum(axis=0)).ravel() > 0
+            user_vectors = self.model.user_embeddings(np.arange(data.num_users), history)
+        relevant = data.interactions(split)
+        users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+        exclude = history[users] if evaluation.exclude_train_items else None
+        top_idx, _ = top_k_scores(user_vectors[users], self._items(), max(k_values),
+                                  exclude=exclude, candidates=candidates)
+        result = ranking_metrics(top_idx, relevant[users], k_values, metrics,
+                                 num_items=int(candidates.sum()))
+        if split == "test":
+            self.metrics = result
+            if self.run_dir is not None and self.run_dir.is_dir():
+                write_json(self.run_dir / "metrics.json", result)
+        return result
+
+    # ------------------------------------------------------------------ serving
+    def recommend_items(self, user_id, top_k: int = 10, exclude_seen: bool = True,
+                        user_features: dict[str, Any] | None = None,
+                        history_items: list | None = None) -> pd.DataFrame:
+        """Top `top_k` items for one user, best first: DataFrame `item_id, score, rank`.
+
+        A known user: their cached embedding, excluding their train + validation items
+        unless `exclude_seen=False` (`user_features`/`history_items` are then ignored). An
+        unknown user needs `user_features` (raw values, as in users.csv) and/or
+        `history_items` (item ids they interacted with, also excluded) for the cold-start
+        path; otherwise a KeyError says so. `top_k` must be an integer >= 1.
+        """
+        if not isinstance(top_k, int | np.integer) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k = {top_k!r}: expected an integer >= 1")
+        vector, seen = self._user_vector(user_id, user_features, history_items)
+        scores = self._items() @ vector
+        allowed = self._candidates.copy()
+        if exclude_seen and len(seen):
+            allowed[seen] = False
+        scores = np.where(allowed, scores, -np.inf)
+        k = min(top_k, int(allowed.sum()))
+        top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, np.int64)
+        top = top[np.lexsort((top, -scores[top]))]
+        vocab = self._vocab("item")
+        return pd.DataFrame({"item_id": [vocab[i - 1] for i in top],
+                             "score": scores[top].astype(np.float32),
+                             "rank": np.arange(1, k + 1)})
+
+    def recommend_batch(self, user_ids=None, top_k: int = 10,
+                        exclude_seen: bool = True) -> pd.DataFrame:
+        """Top `top_k` for many known users (default: all): `user_id, item_id, rank, score`."""
+        from twotower_utils.evaluation import top_k_scores
+
+        if not isinstance(top_k, int | np.integer) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k = {top_k!r}: expected an integer >= 1")
+        users = (np.arange(1, len(self._vocab("user")) + 1) if user_ids is None
+                 else np.array([self._known_index("user", u) for u in user_ids], np.int64))
+        exclude = self._serving_history[users] if exclude_seen else None
+        top_idx, top_scores = top_k_scores(self._users()[users], self._items(), top_k,
+                                           exclude=exclude, candidates=self._candidates)
+        user_vocab, item_vocab = np.asarray(self._vocab("user")), np.asarray(self._vocab("item"))
+        rows, ranks = np.nonzero(top_idx >= 0)
+        return pd.DataFrame({"user_id": user_vocab[users[rows] - 1],
+                             "item_id": item_vocab[top_idx[rows, ranks] - 1],
+                             "rank": ranks + 1, "score": top_scores[rows, ranks]})
+
+    def get_user_embedding(self, user_id, user_features: dict[str, Any] | None = None,
+                           history_items: list | None = None) -> np.ndarray:
+        """The user's embedding (float32 `[d]`); unknown users as in `recommend_items`."""
+        return self._user_vector(user_id, user_features, history_items)[0].copy()
+
+    def get_item_embedding(self, item_id, item_features: dict[str, Any] | None = None
+                           ) -> np.ndarray:
+        """The item's embedding (float32 `[d]`). An id outside the vocabulary needs
+        `item_features` (raw values, as in items.csv) for the cold-start path, else KeyError."""
+        index = self._index.setdefault("item", {v: i for i, v in
+                                                enumerate(self._vocab("item"), start=1)})
+        if str(item_id) in index:
+            return self._items()[index[str(item_id)]].copy()
+        if item_features is None:
+            raise KeyError(f"unknown item_id {item_id!r}: not in the vocabulary of this run; "
+                           "pass item_features={...} (raw values, as in items.csv) to embed a "
+                           "new item")
+        from twotower_utils.features import FeatureEncoder
+
+        self._require_model()
+        specs = self.data.feature_specs.get("item", [])
+        encoded = FeatureEncoder(specs).transform_record(item_features) if specs else {}
+        return self.model.embed_new("item", encoded)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, run_dir: str | Path | None = None) -> Path:
+        """Write the run directory (default `models/<run_id>/`) atomically; returns it.
+
+        Contents: `config.json` (resolved), `vocabularies.json`, `feature_specs.json`,
+        `features.npz`, `history.npz` (train + validation positives, csr), `candidates.npy`,
+        `user_embeddings.npy` / `item_embeddings.npy` (row = index, ids in the vocabularies),
+        `weights/` (TF checkpoint of the model), `user_tower/` and `item_tower/`
+        (SavedModels, signature `serving_default`), `training_history.json`,
+        `training.json` and `metrics.json` when known.
+        """
+        self._require_model()
+        target = Path(run_dir) if run_dir else self.config.path("models_dir") / self.run_id
+        data = self.data
+        with atomic_directory(target) as staging:
+            write_json(staging / "config.json", self.config.to_dict())
+            write_json(staging / "vocabularies.json",
+                       {"user_id": list(data.user_vocab), "item_id": list(data.item_vocab)})
+            write_json(staging / "feature_specs.json", data.feature_specs)
+            np.savez(staging / "features.npz", **data.features)
+            _save_csr(staging / "history.npz", self._serving_history)
+            np.save(staging / "candidates.npy", self._candidates)
+            np.save(staging / "user_embeddings.npy", self._users())
+            np.save(staging / "item_embeddings.npy", self._items())
+            self.model.save_weights(str(staging / "weights" / "model"))
+            export_tower(self.model, "user", staging / "user_tower")
+            export_tower(self.model, "item", staging / "item_tower")
+            if self.training_result is not None:
+                write_json(staging / "training_history.json", self.training_result.history)
+                summary = {k: v for k, v in self.training_result.to_dict().items()
+                           if k != "history"}
+                write_json(staging / "training.json", summary)
+            if self.metrics:
+                write_json(staging / "metrics.json", self.metrics)
+        self.run_dir = target
+        self.log(f"saved run to {target}")
+        return target
+
+    @classmethod
+    def load(cls, run_dir: str | Path, log=print) -> TwoTowerRecallSystem:
+        """A saved run, ready to recommend without retraining (the model is rebuilt from the
+        saved weights only when the cold-start path or evaluation needs it)."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{run_dir}: not a saved run (no config.json); runs are "
+                                    "written by TwoTowerRecallSystem.save()")
+        system = cls.__new__(cls)
+        system.config = config_from_dict(read_json(run_dir / "config.json"), root=Path.cwd())
+        system.run_id, system.run_dir, system.log = run_dir.name, run_dir, log or (lambda _: 0)
+        vocab = read_json(run_dir / "vocabularies.json")
+        with np.load(run_dir / "features.npz") as archive:
+            features = {key: archive[key] for key in archive.files}
+        history = _load_csr(run_dir / "history.npz")
+        system.data = _RunData(vocab["user_id"], vocab["item_id"], features,
+                               read_json(run_dir / "feature_specs.json"), history)
+        system._serving_history = history
+        system._candidates = np.load(run_dir / "candidates.npy")
+        system._user_vectors = np.load(run_dir / "user_embeddings.npy")
+        system._item_vectors = np.load(run_dir / "item_embeddings.npy")
+        system.model = None
+        system.training_result = None
+        path = run_dir / "metrics.json"
+        system.metrics = read_json(path) if path.is_file() else {}
+        system._index = {}
+        return system
+
+    # ------------------------------------------------------------------ helpers
+    def _require_model(self) -> None:
+        if self.model is None and self.run_dir is not None and (self.run_dir / "weights").is_dir():
+            from twotower_utils.model import build_model
+
+            self.model = build_model(self.data, self.config)
+            self.model.load_weights(str(self.run_dir / "weights" / "model")).expect_partial()
+        if self.model is None:
+            raise RuntimeError("no model yet: call build_model() and train_model() first, or "
+                               "TwoTowerRecallSystem.load(run_dir)")
+
+    def _vocab(self, side: str) -> list[str]:
+        return self.data.user_vocab if side == "user" else self.data.item_vocab
+
+    def _known_index(self, side: str, key) -> int:
+        if side not in self._index:
+            self._index[side] = {v: i for i, v in enumerate(self._vocab(side), start=1)}
+        index = self._index[side].get(str(key))
+        if index is None:
+            raise KeyError(f"unknown {side}_id {key!r}: not in the vocabulary of this run")
+        return index
+
+    def _users(self) -> np.ndarray:
+        if self._user_vectors is None:
+            self._require_model()
+            self._user_vectors = self.model.user_embeddings(
+                np.arange(self.data.num_users), self._serving_history)
+        return self._user_vectors
+
+    def _items(self) -> np.ndarray:
+        if self._item_vectors is None:
+            self._require_model()
+            self._item_vectors = self.model.item_embeddings()
+        return self._item_vectors
+
+    def _user_vector(self, user_id, user_features, history_items) -> tuple[np.ndarray, np.ndarray]:
+        """(embedding, indices of items to exclude) for a known or cold-start user."""
+        index = self._index.setdefault("user", {v: i for i, v in
+                                                enumerate(self._vocab("user"), start=1)})
+        known = index.get(str(user_id))
+        if known is not None:
+            return self._users()[known], self._serving_history[known].indices
+        if user_features is None and history_items is None:
+            raise KeyError(
+                f"unknown user_id {user_id!r}: not in the training vocabulary; pass "
+                "user_features={...} (raw feature values, as in users.csv) and/or "
+                "history_items=[item ids] to get cold-start recommendations")
+        from twotower_utils.features import FeatureEncoder
+
+        self._require_model()
+        specs = self.data.feature_specs.get("user", [])
+        encoded = FeatureEncoder(specs).transform_record(user_features or {}) if specs else {}
+        items = np.asarray([self._known_index("item", i) for i in (history_items or [])],
+                           np.int32)
+        return self.model.embed_new("user", encoded, items), items.astype(np.int64)
+
+    def __repr__(self) -> str:
+        state = "trained" if self._item_vectors is not None or self.training_result else "new"
+        return (f"TwoTowerRecallSystem(run_id={self.run_id!r}, dataset="
+                f"{self.config.data.dataset!r}, {state})")
+

@@ -1,0 +1,397 @@
+"""Fitting a `TwoTowerModel`: Adam with exponential decay, early stopping, checkpoints, logs.
+
+Each epoch shuffles the training pairs with a generator seeded by (seed, epoch), runs one
+compiled step per batch, then scores the validation split over the full catalogue with the
+numpy top-k of `twotower_utils.evaluation` (fast and exact, unlike streaming FactorizedTopK).
+After every epoch a checkpoint holds the model (towers, BatchNorm statistics, the negative
+sampler's and the dropout layers' generator states), the optimizer, the epoch counter and
+the early-stopping state, and the best epoch's weights are kept beside it. A run killed
+mid-way and restarted with `resume=True` therefore continues exactly where it stopped and
+ends with the same weights as an uninterrupted run. The best weights are restored at the end.
+
+Progress is one line per epoch (no per-step output), readable in a terminal and in a
+papermill-executed notebook; the same numbers go to TensorBoard when a log directory is given.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import json  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from twotower_utils.config import Config  # noqa: E402
+from twotower_utils.evaluation import ranking_metrics, top_k_scores  # noqa: E402
+
+__all__ = ["PairSampler", "Trainer", "TrainingResult", "evaluate_ranking", "make_optimizer"]
+
+MAX_REJECTION_ROUNDS = 32  # P(a draw still collides) <= share_of_positives ** 32
+# Positive-pair lookups use a dense [users x items] bool table up to this many cells (64 MB),
+# and binary search over sorted pair keys (memory O(positives), ~log2(n) steps) beyond it.
+DENSE_MASK_MAX_CELLS = 64_000_000
+
+
+class PairSampler(tf.Module):
+    """The training positives as an in-graph lookup, and the seeded negative sampler.
+
+    Args:
+        history: csr `[num_users, num_items]` of training positives.
+        distribution: "uniform" or "popularity" (count ** `alpha`), over the items that have
+            at least one training positive.
+        alpha: the popularity exponent.
+        seed: seed of the generator (its state is checkpointed with the model).
+
+    Attributes: `history` (ragged rows of item indices), `log_q` (log sampling probability
+    per item) and `log_freq` (log training frequency per item), all constants.
+    """
+
+    def __init__(self, history: sp.csr_matrix, distribution: str, alpha: float, seed: int):
+        super().__init__(name="pair_sampler")
+        history = sp.csr_matrix(history)
+        num_users, num_items = history.shape
+        counts = np.bincount(history.indices, minlength=num_items).astype(np.float64)
+        counts[0] = 0.0
+        pool = np.flatnonzero(counts > 0).astype(np.int32)
+        if len(pool) == 0:
+            raise ValueError("the training history is empty: no items to sample negatives from")
+        weights = counts[pool] ** alpha if distribution == "popularity" else np.ones(len(pool))
+        probs = weights / weights.sum()
+        q = np.zeros(num_items)
+        q[pool] = probs
+        rows = np.repeat(np.arange(num_users, dtype=np.int64), np.diff(history.indptr))
+        keys = np.unique(rows * num_items + history.indices)
+        dense = None
+        if num_users * num_items <= DENSE_MASK_MAX_CELLS:
+            dense = np.zeros(num_users * num_items, dtype=bool)
+            dense[keys] = True
+            dense = tf.constant(dense)
+        self.num_items, self.uniform = num_items, distribution == "uniform"
+        self.generator = tf.random.Generator.from_seed(seed)
+        self.history = ragged_rows(history)
+        self.dense_mask, self.keys = dense, tf.constant(keys, tf.int64)
+        self.pool, self.cdf = tf.constant(pool), tf.constant(np.cumsum(probs))
+        self.log_q = tf.constant(np.log(np.maximum(q, 1e-12)), tf.float32)
+        self.log_freq = tf.constant(np.log(np.maximum(counts / counts.sum(), 1e-12)),
+                                    tf.float32)
+
+    def is_positive(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        """Bool tensor: is (user, item) a training positive? `users`/`items` broadcast."""
+        keys = tf.cast(users, tf.int64) * self.num_items + tf.cast(items, tf.int64)
+        if self.dense_mask is not None:
+            return tf.gather(self.dense_mask, keys)
+        flat = tf.reshape(keys, [-1])
+        pos = tf.minimum(tf.searchsorted(self.keys, flat), tf.size(self.keys, tf.int32) - 1)
+        return tf.reshape(tf.gather(self.keys, pos) == flat, tf.shape(keys))
+
+    def sample(self, users: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """Draw `k` negatives per user: (`items` int32 `[B, k]`, `valid` bool `[B, k]`).
+
+        Draws colliding with the user's training positives are redrawn (up to
+        `MAX_REJECTION_ROUNDS` rounds); a draw still colliding after that (only for users
+        who have nearly every item) is marked invalid, to be left out of the loss.
+        """
+
+        def draw(shape):
+            if self.uniform:
+                j = self.generator.uniform(shape, 0, tf.size(self.pool), dtype=tf.int32)
+            else:
+                u = tf.reshape(self.generator.uniform(shape, dtype=tf.float64), [-1])
+                j = tf.reshape(tf.searchsorted(self.cdf, u, side="right"), shape)
+                j = tf.minimum(j, tf.size(self.pool) - 1)
+            return tf.gather(self.pool, j)
+
+        users = tf.reshape(users, [-1])
+        items = draw(tf.stack([tf.size(users), k]))
+        bad = self.is_positive(users[:, None], items)
+
+        def redraw(step, items, bad):
+            # Only the colliding draws are redrawn, so each round costs what is left.
+            where = tf.where(bad)
+            fresh = draw(tf.shape(where)[:1])
+            still = self.is_positive(tf.gather(users, where[:, 0]), fresh)
+            return (step + 1, tf.tensor_scatter_nd_update(items, where, fresh),
+                    tf.tensor_scatter_nd_update(bad, where, still))
+
+        _, items, bad = tf.while_loop(
+            lambda step, _, bad: (step < MAX_REJECTION_ROUNDS) & tf.reduce_any(bad),
+            redraw, (tf.constant(0), items, bad))
+        return items, tf.logical_not(bad)
+
+    def step_seed(self) -> tf.Tensor:
+        """A fresh int64 seed for `kept`, drawn from the checkpointed generator."""
+        return self.generator.uniform([], 0, 2**31 - 1, dtype=tf.int64)
+
+    @staticmethod
+    def kept(users: tf.Tensor, items: tf.Tensor, seed: tf.Tensor, rate: float) -> tf.Tensor:
+        """History dropout: is (user, item) kept this step (probability 1 - `rate`)?
+
+        A hash of (user, item, seed) rather than a random draw per history entry, so the
+        draw for a given pair can be recomputed elsewhere in the step (the target's own).
+        """
+        b = tf.bitwise
+        mask = tf.constant(0xFFFFFFFF, tf.int64)
+        x = b.bitwise_and(tf.cast(users, tf.int64) * 0x9E3779B1
+                          + tf.cast(items, tf.int64) * 0x85EBCA77 + seed, mask)
+        for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+            x = b.bitwise_and(b.bitwise_xor(x, b.right_shift(x, shift)) * factor, mask)
+        x = b.bitwise_xor(x, b.right_shift(x, 16))
+        return tf.cast(x, tf.float64) >= rate * 2.0**32
+
+
+def ragged_rows(matrix: sp.csr_matrix, rows: np.ndarray | None = None) -> tf.RaggedTensor:
+    """Rows of a csr matrix as a `tf.RaggedTensor` of int32 column indices ([rows, None])."""
+    matrix = sp.csr_matrix(matrix)
+    if rows is not None:
+        matrix = matrix[np.asarray(rows)]
+    return tf.RaggedTensor.from_row_splits(
+        tf.constant(matrix.indices.astype(np.int32)),
+        tf.constant(matrix.indptr.astype(np.int64)),
+        validate=False,
+    )
+
+
+@dataclass
+class TrainingResult:
+    """What a `Trainer.fit` call did.
+
+    `history` holds one dict per epoch (epoch, loss, validation metrics, learning rate,
+    seconds); `seconds_to_best` is the cumulative training + validation time up to the end
+    of the best epoch (summed over resumed runs); `resumed_from` is the epoch a resumed run
+    started after (0 for a fresh run).
+    """
+
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_metric: float
+    metric: str
+    seconds: float
+    seconds_to_best: float
+    stopped_early: bool
+    resumed_from: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        return asdict(self)
+
+
+def make_optimizer(config: Config) -> tf.keras.optimizers.Optimizer:
+    """Adam with the configured exponential learning-rate decay (per step, not staircase)."""
+    train = config.training
+    schedule = tf.keras.optimizers.schedules.ExponentialDecay(
+        train.learning_rate, train.learning_rate_decay_steps, train.learning_rate_decay_factor)
+    # The legacy (fused-kernel) Adam costs a fraction of the new one per step on CPU.
+    return tf.keras.optimizers.legacy.Adam(learning_rate=schedule)
+
+
+def evaluate_ranking(model, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
+                     candidates: np.ndarray | None, k_values: Sequence[int] = (10,),
+                     metrics: Sequence[str] = ("precision", "recall", "ndcg", "map"),
+                     history: sp.csr_matrix | None = None) -> dict[str, float]:
+    """Full-catalogue ranking metrics of `model` for the users with relevant items.
+
+    Args:
+        model: a `TwoTowerModel`.
+        exclude: csr `[num_users, num_items]` of items never recommended to a user (their
+            known positives).
+        relevant: csr `[num_users, num_items]` of held-out positives to score against.
+        candidates: bool `[num_items]` of recommendable items (None: all).
+        k_values, metrics: as in `evaluation.ranking_metrics`.
+        history: csr of the items fed to the user tower's history input (None: the
+            model's training history).
+
+    Returns:
+        `{"ndcg@10": ..., ...}`.
+    """
+    relevant = sp.csr_matrix(relevant)
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    user_vec = model.user_embeddings(users, history)
+    item_vec = model.item_embeddings()
+    top_idx, _ = top_k_scores(user_vec, item_vec, max(k_values),
+                              exclude=sp.csr_matrix(exclude)[users], candidates=candidates)
+    return ranking_metrics(top_idx, relevant[users], tuple(k_values), tuple(metrics))
+
+
+class Trainer:
+    """Trains a `TwoTowerModel` on index pairs with early stopping and checkpoints.
+
+    Args:
+        model: the `TwoTowerModel` to train (its training history must be `exclude`).
+        config: the full `Config` (training section: batch size, epochs, schedule, patience,
+            early-stopping metric, seed).
+        train_users, train_items: int arrays of the training positives' indices.
+        validation: csr `[num_users, num_items]` of validation positives (early stopping).
+        exclude: csr of the training positives (never recommended during validation).
+        candidates: bool `[num_items]` of recommendable items (default: items in `exclude`).
+        checkpoint_dir: where checkpoints, the best weights and the epoch log go.
+        log_dir: TensorBoard directory (None: no TensorBoard logs).
+        log: where the one-line-per-epoch progress goes (None: silent).
+    """
+
+    def __init__(self, model, config: Config, train_users: np.ndarray,
+                 train_items: np.ndarray, validation: sp.csr_matrix, exclude: sp.csr_matrix,
+                 checkpoint_dir: str | Path, candidates: np.ndarray | None = None,
+                 log_dir: str | Path | None = None,
+                 log: Callable[[str], object] | None = print):
+        self.model, self.config, self.log = model, config, log or (lambda _line: None)
+        self.users = np.asarray(train_users, dtype=np.int32)
+        self.items = np.asarray(train_items, dtype=np.int32)
+        if self.users.shape != self.items.shape or self.users.ndim != 1 or not len(self.users):
+            raise ValueError(f"train_users/train_items: expected two equal, non-empty 1-D "
+                             f"arrays, got shapes {self.users.shape} and {self.items.shape}")
+        self.validation = sp.csr_matrix(validation)
+        self.exclude = sp.csr_matrix(exclude)
+        self.candidates = (np.asarray(self.exclude.sum(axis=0)).ravel() > 0
+                           if candidates is None else np.asarray(candidates, dtype=bool))
+        self.metric = config.training.early_stopping_metric
+        self.k_values = sorted({10, int(self.metric.split("@")[1])})
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.optimizer = make_optimizer(config)
+        model.compile(optimizer=self.optimizer)
+        self.state = {
+            "epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
+            "best_epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
+            "best_metric": tf.Variable(-np.inf, dtype=tf.float64, trainable=False),
+            "wait": tf.Variable(0, dtype=tf.int64, trainable=False),
+            "seconds": tf.Variable(0.0, dtype=tf.float64, trainable=False),
+            "seconds_to_best": tf.Variable(0.0, dtype=tf.float64, trainable=False),
+        }
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer,
+                                              **self.state)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir / "last",
+                                                  max_to_keep=1)
+        self.best_prefix = str(self.checkpoint_dir / "best" / "weights")
+        spec = tf.TensorSpec([None], tf.int32)
+        self._step = tf.function(self._train_step, input_signature=[spec, spec])
+
+    def _train_step(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        return self.model.train_step({"user_idx": users, "item_idx": items})["loss"]
+
+    @property
+    def history_path(self) -> Path:
+        """The JSON log of finished epochs, kept in step with the checkpoint."""
+        return self.checkpoint_dir / "history.json"
+
+    def fit(self, resume: bool = False,
+            callbacks: Sequence[Callable[[int, dict], object]] = ()) -> TrainingResult:
+        """Train until `training.epochs` or early stopping; restore the best weights.
+
+        Args:
+            resume: continue from the last checkpoint in `checkpoint_dir` (a fresh start
+                when there is none); otherwise any previous checkpoints there are discarded.
+            callbacks: called as `fn(epoch, record)` after each epoch is checkpointed.
+
+        Returns:
+            A `TrainingResult`.
+        """
+        train = self.config.training
+        # Optimizer slots must exist before a restore can fill them (legacy Adam has no
+        # public build method).
+        self.optimizer._create_all_weights(self.model.trainable_variables)
+        history: list[dict[str, float]] = []
+        if resume and self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            done = int(self.state["epoch"].numpy())
+            if self.history_path.is_file():
+                history = [r for r in json.loads(self.history_path.read_text())
+                           if r["epoch"] <= done]
+            self.log(f"resuming after epoch {done} (best {self.metric} "
+                     f"{self.state['best_metric'].numpy():.4f} at epoch "
+                     f"{int(self.state['best_epoch'].numpy())})")
+        elif self.checkpoint_dir.exists():
+            import shutil
+
+            shutil.rmtree(self.checkpoint_dir)
+        resumed_from = int(self.state["epoch"].numpy())
+        writer = (tf.summary.create_file_writer(str(self.log_dir))
+                  if self.log_dir is not None else None)
+        started = time.perf_counter()
+        stopped_early = self._patience_exhausted()
+        epoch = resumed_from + 1
+        while not stopped_early and epoch <= train.epochs:
+            record = self._run_epoch(epoch)
+            history.append(record)
+            self._write_epoch(epoch, record, history, writer)
+            for callback in callbacks:
+                callback(epoch, record)
+            stopped_early = self._patience_exhausted() and epoch < train.epochs
+            epoch += 1
+        best_epoch = int(self.state["best_epoch"].numpy())
+        if best_epoch:
+            tf.train.Checkpoint(model=self.model).read(self.best_prefix).expect_partial()
+        self.log(f"best epoch {best_epoch}: {self.metric} "
+                 f"{self.state['best_metric'].numpy():.4f} "
+                 f"({self.state['seconds_to_best'].numpy():.1f} s of training to reach it)")
+        return TrainingResult(
+            history=history, best_epoch=best_epoch,
+            best_metric=float(self.state["best_metric"].numpy()), metric=self.metric,
+            seconds=time.perf_counter() - started,
+            seconds_to_best=float(self.state["seconds_to_best"].numpy()),
+            stopped_early=stopped_early, resumed_from=resumed_from)
+
+    def _patience_exhausted(self) -> bool:
+        # patience 0 stops after the first epoch without improvement, as Keras does.
+        wait = int(self.state["wait"].numpy())
+        return wait >= max(self.config.training.early_stopping_patience, 1)
+
+    def _run_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the shuffled training pairs plus validation; returns the record."""
+        train = self.config.training
+        started = time.perf_counter()
+        order = np.random.default_rng([train.seed, epoch]).permutation(len(self.users))
+        users, items = self.users[order], self.items[order]
+        losses, sizes = [], []
+        for start in range(0, len(order), train.batch_size):
+            stop = start + train.batch_size
+            losses.append(self._step(users[start:stop], items[start:stop]))
+            sizes.append(len(users[start:stop]))
+        loss = float(np.dot([float(v) for v in losses], sizes) / len(order))
+        train_seconds = time.perf_counter() - started
+        metrics = evaluate_ranking(self.model, self.exclude, self.validation, self.candidates,
+                                   self.k_values, ("precision", "recall", "ndcg", "map"))
+        seconds = time.perf_counter() - started
+        lr = self.optimizer.learning_rate
+        lr = float(lr(self.optimizer.iterations) if callable(lr) else lr)
+        return {"epoch": epoch, "loss": loss, **{f"val_{k}": v for k, v in metrics.items()},
+                "learning_rate": lr, "train_seconds": train_seconds, "seconds": seconds}
+
+    def _write_epoch(self, epoch: int, record: dict, history: list, writer) -> None:
+        """Update early stopping, checkpoint, log one line and the TensorBoard scalars."""
+        state = self.state
+        value = record[f"val_{self.metric}"]
+        state["seconds"].assign_add(record["seconds"])
+        improved = value > state["best_metric"].numpy()
+        if improved:
+            state["best_metric"].assign(value)
+            state["best_epoch"].assign(epoch)
+            state["wait"].assign(0)
+            state["seconds_to_best"].assign(state["seconds"].numpy())
+            tf.train.Checkpoint(model=self.model).write(self.best_prefix)
+        else:
+            state["wait"].assign_add(1)
+        state["epoch"].assign(epoch)
+        self.manager.save(checkpoint_number=epoch)
+        tmp = self.history_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(history, indent=1))
+        os.replace(tmp, self.history_path)
+        shown = ", ".join(f"{k[4:]} {v:.4f}" for k, v in record.items()
+                          if k.startswith("val_") and k.endswith("@10"))
+        self.log(f"epoch {epoch:3d}/{self.config.training.epochs}  loss {record['loss']:.4f}  "
+                 f"{shown}  lr {record['learning_rate']:.2e}  {record['seconds']:.1f} s"
+                 + ("  *" if improved else ""))
+        if writer is not None:
+            with writer.as_default(step=epoch):
+                for key, val in record.items():
+                    if key != "epoch":
+                        tf.summary.scalar(key, val)
+            writer.flush()
