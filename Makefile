@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run data test lint format clean
+.PHONY: help install run data test lint format clean lab
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,10 +19,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv (if missing) and install the project with its dev tools
 
-run: $(STAMP) ## the main job: fetch MovieLens-100K, preprocess, save, print a summary (ARGS=... passes options)
+run: $(STAMP) ## the main job: notebooks 01-05 on MovieLens-100K -> reports/<run_id>/ and reports/index.html (ARGS=... passes options, e.g. ARGS="--fast")
+	$(PY) -m twotower_utils.pipeline $(ARGS)
+
+data: $(STAMP) ## the data stage alone: fetch, validate, split, save (ARGS=... passes options)
 	$(PY) -m twotower_utils.preprocessing $(ARGS)
 
-data: run ## alias of run while the data stage is the main job
+lab: $(STAMP) ## JupyterLab on notebooks/ with the project's kernel "twotower"
+	$(PY) -m twotower_utils.pipeline --install-kernel
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 test: $(STAMP) ## run the test suite (MovieLens tests need TWOTOWER_ML100K_DIR, otherwise they skip)
 	$(PY) -m pytest $(ARGS)
@@ -34,4 +39,4 @@ format: $(STAMP) ## ruff format
 	$(VENV)/bin/ruff format .
 
 clean: ## remove processed data, models and reports (keeps .venv and downloaded raw data)
-	rm -rf data/processed/* models/* reports
+	rm -rf data/processed/* models/* models/.checkpoints reports

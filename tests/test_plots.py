@@ -1,0 +1,89 @@
+"""Each figure has a title and labelled axes, is closed in pyplot, refuses bad input by name."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from twotower_utils import plots  # noqa: E402
+
+RNG = np.random.default_rng(0)
+TABLE = pd.DataFrame(
+    {f"{m}@{k}": RNG.uniform(size=3) for m in ("precision", "recall", "ndcg", "map", "hit_rate")
+     for k in (5, 10, 20)},
+    index=pd.Index(["two_tower", "most_popular", "ease"], name="model"),
+)
+BUCKETS = pd.DataFrame({
+    "bucket": ["1–10", "1–10", "11–50", "11–50"], "model": ["a", "b", "a", "b"],
+    "users": [10, 10, 12, 12], "ndcg": [0.1, 0.2, 0.3, 0.4],
+})
+INTERACTIONS = pd.DataFrame({
+    "user_id": list("aabbc"), "item_id": list("xyxzx"), "label": 1,
+    "rating": [1.0, 5.0, 4.0, 4.0, 3.0],
+    "timestamp": [0, 86400 * 8, 86400 * 15, 86400 * 20, 86400 * 30],
+})
+HISTORY = [{"epoch": e, "loss": 1 / e, "val_ndcg@10": 0.1 * e, "val_recall@10": 0.2 * e,
+            "learning_rate": 0.01 * 0.9 ** e} for e in (1, 2, 3)]
+
+FIGURES = {
+    "activity": lambda: plots.plot_activity_distribution(pd.Series([5, 3, 1]),
+                                                         pd.Series([10, 4, 2, 1])),
+    "ratings": lambda: plots.plot_rating_distribution(INTERACTIONS),
+    "ratings_missing": lambda: plots.plot_rating_distribution(INTERACTIONS.drop(columns="rating")),
+    "time": lambda: plots.plot_interactions_over_time(
+        pd.Series([3, 5], index=pd.to_datetime(["2020-01-06", "2020-01-13"]))),
+    "time_missing": lambda: plots.plot_interactions_over_time(pd.Series(dtype="int64")),
+    "features": lambda: plots.plot_feature_distributions(
+        pd.DataFrame({"age": [20, 30, 40], "genres": ["A|B", "B", "C|A"], "sex": list("MFM")}),
+        {"age": "numeric", "genres": "multi_hot", "sex": "categorical"}, side="user"),
+    "no_features": lambda: plots.plot_feature_distributions(pd.DataFrame(), {}, side="item"),
+    "splits": lambda: plots.plot_split_sizes(pd.DataFrame(
+        {"rows": [70, 10, 20], "users": [5, 4, 5], "items": [9, 6, 8]},
+        index=["train", "validation", "test"])),
+    "history": lambda: plots.plot_training_history(HISTORY, metric="val_ndcg@10"),
+    "comparison": lambda: plots.plot_metric_comparison(TABLE, k=10),
+    "at_k": lambda: plots.plot_metric_at_k(TABLE),
+    "buckets": lambda: plots.plot_bucket_metrics(BUCKETS, "ndcg", "training interactions"),
+    "embedding_categories": lambda: plots.plot_embedding_2d(
+        RNG.normal(size=(30, 2)), list("abc") * 10, "Items", "genre"),
+    "embedding_popularity": lambda: plots.plot_embedding_2d(
+        RNG.normal(size=(30, 2)), np.arange(30), "Items", "popularity", categorical=False,
+        log_colour=True),
+    "embedding_unavailable": lambda: plots.plot_embedding_2d(None, list("abc"), "UMAP", "g"),
+    "norms": lambda: plots.plot_norm_vs_popularity(RNG.normal(size=(30, 4)), np.arange(30)),
+    "scores": lambda: plots.plot_score_distributions(RNG.normal(1, size=50), RNG.normal(size=80)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_every_figure_has_a_title_and_labelled_axes_and_is_closed(name):
+    fig = FIGURES[name]()
+    assert isinstance(fig, Figure)
+    title = fig._suptitle.get_text() if fig._suptitle else ""
+    axes = [ax for ax in fig.axes
+            if ax.get_visible() and ax.axison and ax.get_label() != "<colorbar>"]
+    assert title or all(ax.get_title() for ax in axes), f"{name}: no title"
+    for ax in axes:
+        assert ax.get_xlabel() and ax.get_ylabel(), f"{name}: unlabelled axes {ax.get_title()!r}"
+    assert fig.number not in plt.get_fignums(), f"{name}: figure left open in pyplot"
+    fig.savefig(__import__("io").BytesIO(), format="png")  # renders without error
+
+
+def test_figures_refuse_bad_input_naming_the_problem():
+    with pytest.raises(ValueError, match="coords must be"):
+        plots.plot_embedding_2d(np.zeros((3, 3)), list("abc"), "t", "c")
+    with pytest.raises(ValueError, match="colour has 2 values for 3 points"):
+        plots.plot_embedding_2d(np.zeros((3, 2)), list("ab"), "t", "c")
+    with pytest.raises(ValueError, match="missing column"):
+        plots.plot_split_sizes(pd.DataFrame({"rows": [1]}))
+    with pytest.raises(ValueError, match="no column for metrics"):
+        plots.plot_metric_comparison(TABLE, k=7)
+    with pytest.raises(ValueError, match="user table: missing column"):
+        plots.plot_feature_distributions(pd.DataFrame({"a": [1]}), {"b": "numeric"}, "user")
+    with pytest.raises(ValueError, match="popularity"):
+        plots.plot_norm_vs_popularity(np.zeros((3, 2)), np.zeros(4))
