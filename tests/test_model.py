@@ -11,24 +11,17 @@ pytestmark = pytest.mark.tf
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 tf = pytest.importorskip("tensorflow")
 
+from synthetic_settings import SMALL_SYNTHETIC  # noqa: E402
+
 from twotower_utils.config import load_config  # noqa: E402
 from twotower_utils.preprocessing import DataPreprocessor, load_processed  # noqa: E402
 
 SMALL = {
-    "data.dataset": "synthetic",
-    "data.user_features": None,
-    "data.item_features": None,
-    "data.synthetic": {"num_users": 300, "num_items": 120, "num_interactions": 6000,
-                       "num_clusters": 4, "seed": 1},
-    "data.split.method": "random",
+    **SMALL_SYNTHETIC,
     "data.num_negatives": 4,
-    "model.embedding_dim": 16,
-    "model.hidden_layers": [32],
     "model.dropout": 0.1,
     "model.l2_regularization": 0.0,  # the hand-computed loss below is the BCE alone
     "training.epochs": 4,
-    "training.batch_size": 256,
-    "training.learning_rate": 0.01,
     "training.early_stopping_patience": 10,
 }
 

@@ -18,19 +18,9 @@ pytestmark = pytest.mark.tf
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 tf = pytest.importorskip("tensorflow")
 
-SMALL = {
-    "data.dataset": "synthetic",
-    "data.user_features": None,
-    "data.item_features": None,
-    "data.synthetic": {"num_users": 300, "num_items": 120, "num_interactions": 6000,
-                       "num_clusters": 4, "seed": 1},
-    "data.split.method": "random",
-    "model.embedding_dim": 16,
-    "model.hidden_layers": [32],
-    "training.epochs": 3,
-    "training.batch_size": 256,
-    "training.learning_rate": 0.01,
-}
+from synthetic_settings import SMALL_SYNTHETIC  # noqa: E402
+
+SMALL = {**SMALL_SYNTHETIC, "training.epochs": 3}
 
 
 @pytest.fixture(scope="module")
