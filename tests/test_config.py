@@ -11,7 +11,8 @@ def test_shipped_config_loads_and_matches_defaults_in_shape(project_root):
     config = load_config(project_root / "config.json")
     assert config.data.dataset == "movielens-100k"
     assert config.data.split.method == "benchmark"
-    assert set(config.to_dict()) == {"model", "training", "data", "evaluation", "paths"}
+    assert set(config.to_dict()) == {"model", "training", "data", "evaluation", "paths",
+                                     "serving"}
     # Every key of the shipped file is a real key: round-tripping loses nothing.
     shipped = json.loads((project_root / "config.json").read_text())
     assert config_from_dict(shipped).to_dict() == config.to_dict()
@@ -60,9 +61,16 @@ def test_paths_resolve_against_the_config_directory(tmp_path):
         ({"evaluation.k_values": []}, "evaluation.k_values = []"),
         ({"evaluation.metrics": ["auc"]}, "evaluation.metrics = ['auc']"),
         ({"training.logq_correction": True},
-         "training.logq_correction = True: with the BCE loss, logQ correction needs"),
-        ({"data.num_negatives": 0}, "data.num_negatives = 0: the BCE loss needs negatives"),
+         "training.logq_correction = True: with the 'bce' loss and no in-batch negatives"),
+        ({"training.loss": "sampled_softmax", "training.logq_correction": True},
+         "logQ correction needs data.negative_sampling = 'popularity'"),
+        ({"data.num_negatives": 0}, "data.num_negatives = 0: the 'bce' loss needs negatives"),
         ({"model": 3}, "model = 3: expected an object"),
+        ({"serving.index": "faiss"}, "serving.index = 'faiss': expected one of"),
+        ({"serving.scann.num_leaves_to_search": 0},
+         "serving.scann.num_leaves_to_search = 0: expected a value in [1, inf)"),
+        ({"training.distribution_strategy": "tpu"},
+         "training.distribution_strategy = 'tpu': expected one of 'default', 'mirrored'"),
     ],
 )
 def test_bad_values_are_refused_with_key_value_and_allowed(project_root, overrides, expected):

@@ -115,14 +115,69 @@ def test_bce_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, config):
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
-def test_sampled_negatives_never_include_the_users_training_positives(data, workdir,
-                                                                      project_root, sampling):
+def test_sampled_softmax_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, workdir,
+                                                                           project_root):
     from twotower_utils.model import build_model
 
     config = load_config(project_root / "config.json",
+                         small_overrides(workdir, **{"training.loss": "sampled_softmax"}))
+    model = build_model(data, config)
+    users = tf.constant([1, 2, 3], tf.int32)
+    items = tf.constant([data.history[u].indices[0] for u in (1, 2, 3)], tf.int32)
+    # Shared negatives: each user's second training item is among them, so must drop out.
+    shared = np.array([data.history[u].indices[1] for u in (1, 2, 3)] + [7], np.int32)
+    model.sampler.draw = lambda _shape: tf.constant(shared)
+    loss = float(model.compute_loss({"user_idx": users, "item_idx": items}))
+
+    user_vec = model.embed_users(users).numpy()
+    pos = (user_vec * model.embed_items(items).numpy()).sum(1)
+    neg = user_vec @ model.embed_items(tf.constant(shared)).numpy().T
+    history = data.history.toarray() > 0
+    expected = []
+    for row, user in enumerate((1, 2, 3)):
+        logits = np.concatenate([[pos[row]], neg[row][~history[user, shared]]])
+        assert len(logits) <= 4  # at least that user's own second item left out
+        expected.append(np.log(np.exp(logits).sum()) - pos[row])
+    assert loss == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+def test_sampled_softmax_with_negatives_covering_the_catalogue_is_the_exact_softmax(
+        data, workdir, project_root):
+    from twotower_utils.model import build_model
+
+    config = load_config(project_root / "config.json", small_overrides(
+        workdir, **{"training.loss": "sampled_softmax", "data.num_negatives": 100_000}))
+    model = build_model(data, config)
+    model.sampler.draw = None  # the whole catalogue is used: nothing may be drawn
+    users = np.array([1, 2], np.int32)
+    items = np.array([data.history[u].indices[0] for u in users], np.int32)
+    loss = float(model.compute_loss({"user_idx": tf.constant(users),
+                                     "item_idx": tf.constant(items)}))
+    scores = model.embed_users(tf.constant(users)).numpy() @ model.item_embeddings().T
+    train_items = np.asarray(data.history.sum(axis=0)).ravel() > 0
+    history = data.history.toarray() > 0
+    expected = [np.log(np.exp(np.append(s[i], s[train_items & ~history[u]])).sum()) - s[i]
+                for u, i, s in zip(users, items, scores)]
+    assert loss == pytest.approx(np.mean(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("lookup", ["dense", "hash"])
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_sampled_negatives_never_include_the_users_training_positives(
+        data, workdir, project_root, sampling, lookup, monkeypatch):
+    from twotower_utils import training
+    from twotower_utils.model import build_model
+
+    if lookup == "hash":  # the lookup large data gets: users x items over the dense limit
+        monkeypatch.setattr(training, "DENSE_MASK_MAX_CELLS", 0)
+    config = load_config(project_root / "config.json",
                          small_overrides(workdir, **{"data.negative_sampling": sampling}))
     model = build_model(data, config)
+    assert (model.sampler.positive_table is not None) == (lookup == "hash")
+    grid_users, grid_items = np.meshgrid(np.arange(data.num_users), np.arange(data.num_items),
+                                         indexing="ij")
+    is_positive = model.sampler.is_positive(tf.constant(grid_users), tf.constant(grid_items))
+    np.testing.assert_array_equal(is_positive.numpy(), data.history.toarray() > 0)
     users = np.repeat(np.arange(1, data.num_users), 20).astype(np.int32)
     negatives, valid = model.sampler.sample(tf.constant(users), 8)
     negatives, valid = negatives.numpy(), valid.numpy()
@@ -136,6 +191,8 @@ def test_sampled_negatives_never_include_the_users_training_positives(data, work
 
 @pytest.mark.parametrize("overrides", [
     {"training.loss": "softmax"},
+    {"training.loss": "sampled_softmax", "training.in_batch_negatives": True,
+     "training.logq_correction": True},
     {"training.in_batch_negatives": True, "data.negative_sampling": "popularity",
      "training.logq_correction": True},
     {"model.similarity": "cosine", "model.temperature": 0.1, "model.hidden_layers": []},
@@ -193,6 +250,31 @@ def test_kill_and_resume_ends_with_the_same_weights_and_metrics(system, project_
     assert [r["val_ndcg@10"] for r in result.history] == pytest.approx(
         [r["val_ndcg@10"] for r in system.training_result.history], abs=1e-6)
     assert second.evaluate_model() == pytest.approx(system.evaluate_model(), abs=1e-6)
+
+
+def test_refit_trains_afresh_on_train_and_validation_for_the_best_epoch_count(
+        system, project_root, workdir):
+    from twotower_utils.system import TwoTowerRecallSystem
+
+    lines = []
+    refit = TwoTowerRecallSystem(
+        project_root / "config.json",
+        small_overrides(workdir, **{"training.refit_with_validation": True}),
+        run_id="refit", log=lines.append)
+    data = refit.prepare_data(reuse=True)
+    result = refit.train_model(save=False)
+    # The validation phase is the same run as the fixture's; the refit adds a second model.
+    assert result.best_epoch == system.training_result.best_epoch
+    assert result.extra["refit_epochs"] == result.best_epoch
+    assert any(line.startswith("refitting on train + validation") for line in lines)
+    both = (data.interactions("train") + data.interactions("validation")).tocsr()
+    sampler = refit.model.sampler
+    users, items = both.nonzero()
+    assert sampler.is_positive(tf.constant(users), tf.constant(items)).numpy().all()
+    assert refit.refitted
+    with pytest.raises(ValueError, match="refitted on train"):
+        refit.evaluate_model(split="validation")
+    assert refit.evaluate_model(k_values=[10])["ndcg@10"] > 0
 
 
 def test_early_stopping_restores_the_best_epochs_weights(data, project_root, workdir):

@@ -22,6 +22,8 @@ FEATURE_TYPES = ("categorical", "numeric", "multi_hot")
 SPLIT_METHODS = ("benchmark", "random", "temporal", "leave_last_out", "cold_items")
 DATASETS = ("movielens-100k", "synthetic", "csv")
 METRICS = ("precision", "recall", "ndcg", "map", "map_at_k", "hit_rate", "coverage")
+DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+INDEXES = ("brute_force", "scann")
 
 
 class ConfigError(ValueError):
@@ -68,10 +70,14 @@ class TrainingConfig:
     early_stopping_patience: int = _number(5, lo=0)
     early_stopping_metric: str = _choice("ndcg@10", "recall@10", "ndcg@20", "recall@20",
                                          default="ndcg@10")
-    loss: str = _choice("bce", "softmax", default="bce")
+    loss: str = _choice("bce", "sampled_softmax", "softmax", default="bce")
     in_batch_negatives: bool = False
     logq_correction: bool = False
+    # After early stopping, train afresh on train + validation for the best epoch count.
+    refit_with_validation: bool = False
     seed: int = _number(42, lo=0)
+    # tf.distribute strategy of `python -m twotower_utils.distributed` (see docs/serving.md).
+    distribution_strategy: str = _choice(*DISTRIBUTION_STRATEGIES, default="default")
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,25 @@ class PathsConfig:
 
 
 @dataclass(frozen=True)
+class ScannConfig:
+    """ScaNN index settings; null leaves are sized from the catalogue at build time."""
+
+    num_leaves: int | None = _number(None, lo=0)
+    num_leaves_to_search: int | None = _number(None, lo=1)
+    reorder: int = _number(500, lo=0)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Online and batch recommendation: the index, list length and batch chunking."""
+
+    index: str = _choice(*INDEXES, default="brute_force")
+    top_k: int = _number(10, lo=1)
+    batch_chunk_size: int = _number(10_000, lo=1)
+    scann: ScannConfig = field(default_factory=ScannConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. `root` anchors the relative paths (not part of the file)."""
 
@@ -148,6 +173,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     root: Path = field(default=Path("."), compare=False, metadata={"internal": True})
 
     def path(self, name: str) -> Path:
@@ -372,17 +398,18 @@ def _cross_checks(config: Config) -> list[str]:
             "integers >= 1"
         )
     training = config.training
-    if training.loss == "bce" and data.num_negatives == 0 and not training.in_batch_negatives:
+    sampled = training.loss in ("bce", "sampled_softmax")
+    if sampled and data.num_negatives == 0 and not training.in_batch_negatives:
         problems.append(
-            "data.num_negatives = 0: the BCE loss needs negatives; set num_negatives >= 1 or "
-            "training.in_batch_negatives = true"
+            f"data.num_negatives = 0: the {training.loss!r} loss needs negatives; set "
+            "num_negatives >= 1 or training.in_batch_negatives = true"
         )
-    if (training.logq_correction and training.loss == "bce"
-            and data.negative_sampling == "uniform"):
+    if (training.logq_correction and sampled and data.negative_sampling == "uniform"
+            and not training.in_batch_negatives):
         # Uniform negatives have equal sampling probability: there is nothing to correct.
-        # (The softmax loss corrects for in-batch item frequency, so it is allowed there.)
+        # (In-batch negatives arrive with their training frequency, which is corrected.)
         problems.append(
-            "training.logq_correction = True: with the BCE loss, logQ correction needs "
-            "data.negative_sampling = 'popularity'"
+            f"training.logq_correction = True: with the {training.loss!r} loss and no "
+            "in-batch negatives, logQ correction needs data.negative_sampling = 'popularity'"
         )
     return problems

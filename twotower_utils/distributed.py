@@ -11,7 +11,7 @@ pipeline to coordinate. Validation and early stopping run on every worker on the
 weights, so their decisions agree; every worker must make the same calls, because reading
 BatchNorm's sync-on-read statistics is itself a collective.
 
-Strategies (`training.distribution_strategy` when the config has it, or `strategy=`):
+Strategies (`training.distribution_strategy` in the config, or `strategy=`):
 - `default`: no distribution (one device);
 - `mirrored`: `MirroredStrategy` over the local GPUs (or the CPU);
 - `multi_worker_mirrored`: `MultiWorkerMirroredStrategy`; every worker runs the same command
@@ -34,14 +34,14 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from twotower_utils.config import Config, load_config  # noqa: E402
+from twotower_utils.config import DISTRIBUTION_STRATEGIES, Config, load_config  # noqa: E402
 from twotower_utils.model import build_model  # noqa: E402
 from twotower_utils.training import evaluate_ranking, make_optimizer  # noqa: E402
 
 __all__ = ["STRATEGIES", "DistributedResult", "cluster_spec", "make_strategy", "main",
            "train_distributed"]
 
-STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+STRATEGIES = DISTRIBUTION_STRATEGIES
 
 
 def cluster_spec() -> dict[str, Any]:
@@ -127,7 +127,7 @@ def train_distributed(data, config: Config, strategy: tf.distribute.Strategy | s
     """
     log = log or (lambda _line: None)
     if strategy is None:
-        strategy = getattr(config.training, "distribution_strategy", "default")
+        strategy = config.training.distribution_strategy
     if isinstance(strategy, str):
         strategy = make_strategy(strategy)
     train = config.training
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_replicas)
         devices = [f"/cpu:{i}" for i in range(args.cpu_replicas)]
-    name = args.strategy or getattr(config.training, "distribution_strategy", "default")
+    name = args.strategy or config.training.distribution_strategy
     strategy = make_strategy(name, devices, args.timeout)
     from twotower_utils.processed import load_processed
 

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from twotower_utils.config import INDEXES  # the names serving.index accepts
 from twotower_utils.topk import top_k_scores
 
 __all__ = ["INDEXES", "BruteForceIndex", "ScannIndex", "ScannParams", "build_index",
            "default_scann_params", "measure_index", "recall_against", "scann_grid"]
 
-INDEXES = ("brute_force", "scann")
 # Scores for a chunk of queries are materialised as [chunk, num_items] floats; this many
 # floats (256 MiB) bounds that buffer whatever the catalogue size.
 _SCORE_BUFFER = 1 << 26

@@ -221,8 +221,10 @@ class TwoTowerModel(tfrs.models.Model):
         self.logq_correction = bool(train.logq_correction)
         self.temperature = float(model.temperature)
         self.l2 = float(model.l2_regularization)
-        if self.loss_name == "bce" and self.num_negatives == 0 and not self.in_batch_negatives:
-            raise ValueError("data.num_negatives = 0 with training.loss = 'bce' and no in-batch "
+        if (self.loss_name != "softmax" and self.num_negatives == 0
+                and not self.in_batch_negatives):
+            raise ValueError(f"data.num_negatives = 0 with training.loss = {self.loss_name!r} "
+                             "and no in-batch "
                              "negatives: the loss would have no negatives; set num_negatives "
                              ">= 1 or training.in_batch_negatives = true")
         specs = data.feature_specs
@@ -366,6 +368,8 @@ class TwoTowerModel(tfrs.models.Model):
                              else tf.exp(log_q))
             return loss / tf.cast(batch, tf.float32) + self._l2_penalty(
                 user_vec, tf.reduce_sum(item_vec**2, 1))
+        if self.loss_name == "sampled_softmax":
+            return self._sampled_softmax_loss(users, items, user_vec, training)
         k = self.num_negatives
         negatives, valid = self.sampler.sample(users, k)
         all_items = tf.concat([items, tf.reshape(negatives, [-1])], axis=0)
@@ -403,6 +407,46 @@ class TwoTowerModel(tfrs.models.Model):
         bce = tf.nn.sigmoid_cross_entropy_with_logits(tf.concat(labels, axis=1), logits)
         loss = tf.reduce_sum(bce * weights) / tf.cast(batch, tf.float32)
         return loss + self._l2_penalty(
+            user_vec, tf.gather(tf.reduce_sum(unique_vec**2, 1), where))
+
+    def _sampled_softmax_loss(self, users: tf.Tensor, items: tf.Tensor, user_vec: tf.Tensor,
+                              training: bool) -> tf.Tensor:
+        """Softmax of each positive against `num_negatives` items shared by the batch.
+
+        The shared items are drawn from the sampling distribution every step, or are the
+        whole training catalogue when `num_negatives` reaches its size (an exact softmax, no
+        logQ needed). A shared item that is one of the row's user's training positives
+        leaves that row's softmax. With `logq_correction` every logit drops log(k q(i)), the
+        expected count of i among the draws; in-batch negatives as in the BCE loss.
+        """
+        batch = tf.size(users)
+        pool = self.sampler.pool
+        full = self.num_negatives >= int(pool.shape[0])
+        shared = pool if full else self.sampler.draw([self.num_negatives])
+        unique_items, where = tf.unique(tf.concat([items, shared], axis=0))
+        unique_vec = self.embed_items(unique_items, training=training)
+        pos_vec = tf.gather(unique_vec, where[:batch])
+        shared_vec = tf.gather(unique_vec, where[batch:])
+        temperature = self.temperature
+        logits = [tf.reduce_sum(user_vec * pos_vec, axis=1, keepdims=True) / temperature,
+                  tf.matmul(user_vec, shared_vec, transpose_b=True) / temperature]
+        keep = [tf.ones([batch, 1], tf.bool),
+                tf.logical_not(self.sampler.is_positive(users[:, None], shared[None, :]))]
+        if self.logq_correction and not full:
+            log_k = tf.math.log(float(self.num_negatives))
+            logits[0] -= tf.gather(self.sampler.log_q, items)[:, None] + log_k
+            logits[1] -= tf.gather(self.sampler.log_q, shared)[None, :] + log_k
+        if self.in_batch_negatives:
+            scores = tf.matmul(user_vec, pos_vec, transpose_b=True) / temperature
+            if self.logq_correction:
+                scores -= (tf.gather(self.sampler.log_freq, items)[None, :]
+                           + tf.math.log(tf.cast(batch, tf.float32)))
+            logits.append(scores)
+            keep.append(tf.logical_not(self.sampler.is_positive(users[:, None], items[None, :])))
+        logits = tf.concat(logits, axis=1)
+        logits = tf.where(tf.concat(keep, axis=1), logits, tf.fill(tf.shape(logits), -1e9))
+        loss = -tf.reduce_sum(tf.nn.log_softmax(logits, axis=1)[:, 0])
+        return loss / tf.cast(batch, tf.float32) + self._l2_penalty(
             user_vec, tf.gather(tf.reduce_sum(unique_vec**2, 1), where))
 
     def train_step(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -97,6 +97,7 @@ class TwoTowerRecallSystem:
         self.data = None
         self.model = None
         self.training_result = None
+        self.refitted = False
         self.metrics: dict[str, float] = {}
         self.run_dir: Path | None = None
         self._user_vectors = self._item_vectors = None
@@ -150,22 +151,55 @@ class TwoTowerRecallSystem:
             checkpoint_dir=self.config.path("models_dir") / ".checkpoints" / self.run_id,
             log_dir=self.config.path("logs_dir") / self.run_id, log=self.log)
         self.training_result = trainer.fit(resume=resume, callbacks=callbacks)
+        self.refitted = False
+        if self.config.training.refit_with_validation and self.training_result.best_epoch:
+            self._refit(self.training_result.best_epoch, resume)
         self._user_vectors = self._item_vectors = None
         if save:
             self.save()
         return self.training_result
 
-    def evaluate_model(self, split: str = "test", k_values=None, metrics=None) -> dict:
+    def _refit(self, epochs: int, resume: bool) -> None:
+        """Replace the model by a fresh one trained on train + validation for `epochs`."""
+        from dataclasses import replace
+
+        from twotower_utils.model import build_model
+        from twotower_utils.training import Trainer
+
+        data = self.data
+        both = pd.concat([data.train, data.validation], ignore_index=True)
+        refit_data = replace(data, train=both, validation=data.validation.iloc[:0],
+                             history=self._serving_history)
+        config = replace(self.config, training=replace(self.config.training, epochs=epochs))
+        self.log(f"refitting on train + validation ({len(both):,} pairs) for {epochs} epochs")
+        model = build_model(refit_data, config)
+        trainer = Trainer(
+            model, config, both["user_idx"].to_numpy(), both["item_idx"].to_numpy(), None,
+            self._serving_history,
+            checkpoint_dir=config.path("models_dir") / ".checkpoints" / f"{self.run_id}-refit",
+            log_dir=config.path("logs_dir") / self.run_id / "refit", log=self.log)
+        refit = trainer.fit(resume=resume)
+        self.model, self.refitted = model, True
+        self.training_result.extra.update(refit_epochs=epochs, refit_seconds=refit.seconds)
+
+    def evaluate_model(self, split: str = "test", k_values=None, metrics=None,
+                       candidates: np.ndarray | None = None) -> dict:
         """Ranking metrics on `split` ("test" or "validation") over the full catalogue.
 
         Test: users' history and excluded items are train + validation, candidates the
         items seen there. Validation: the training split alone. Returns `{"ndcg@10": ...}`
         (k values and metrics default to the `evaluation` section of the config).
+        `candidates` (bool `[num_items]`) replaces the recommendable items, e.g. with the
+        unseen test items of a cold-items split; test metrics are then not stored.
         """
         from twotower_utils.evaluation import ranking_metrics, top_k_scores
 
         if split not in ("test", "validation"):
             raise ValueError(f"split = {split!r}: expected 'test' or 'validation'")
+        if split == "validation" and self.refitted:
+            raise ValueError("split = 'validation': the model was refitted on train + "
+                             "validation (training.refit_with_validation), so validation "
+                             "metrics would be scored on its own training data")
         if not hasattr(self.data, "interactions"):
             raise RuntimeError("no evaluation data: a loaded run keeps only what serving "
                                "needs (its metrics are in metrics.json); call prepare_data() "
@@ -175,6 +209,12 @@ class TwoTowerRecallSystem:
         k_values = tuple(k_values or evaluation.k_values)
         metrics = tuple(metrics or evaluation.metrics)
         data = self.data
+        given = candidates
+        if given is not None:
+            given = np.asarray(given, dtype=bool)
+            if given.shape != (data.num_items,):
+                raise ValueError(f"candidates: expected a bool mask of shape "
+                                 f"({data.num_items},), got {given.shape}")
         if split == "test":
             history, candidates = self._serving_history, self._candidates
             user_vectors = self._users()
@@ -182,6 +222,8 @@ class TwoTowerRecallSystem:
             history = data.history
             candidates = np.asarray(history.sum(axis=0)).ravel() > 0
             user_vectors = self.model.user_embeddings(np.arange(data.num_users), history)
+        if given is not None:
+            candidates = given
         relevant = data.interactions(split)
         users = np.flatnonzero(np.diff(relevant.indptr) > 0)
         exclude = history[users] if evaluation.exclude_train_items else None
@@ -189,7 +231,7 @@ class TwoTowerRecallSystem:
                                   exclude=exclude, candidates=candidates)
         result = ranking_metrics(top_idx, relevant[users], k_values, metrics,
                                  num_items=int(candidates.sum()))
-        if split == "test":
+        if split == "test" and given is None:
             self.metrics = result
             if self.run_dir is not None and self.run_dir.is_dir():
                 write_json(self.run_dir / "metrics.json", result)
@@ -326,6 +368,7 @@ class TwoTowerRecallSystem:
         system._item_vectors = np.load(run_dir / "item_embeddings.npy")
         system.model = None
         system.training_result = None
+        system.refitted = system.config.training.refit_with_validation
         path = run_dir / "metrics.json"
         system.metrics = read_json(path) if path.is_file() else {}
         system._index = {}
