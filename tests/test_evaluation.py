@@ -14,6 +14,7 @@ from twotower_utils.evaluation import (
     EASE,
     METRICS,
     MostPopular,
+    PopularityByFeature,
     catalog_coverage,
     compare_models,
     evaluate_recommendations,
@@ -219,6 +220,32 @@ def test_vectorised_paths_match_brute_force(random_case, k):
         assert via_listed[f"{m}@{k}"] == pytest.approx(expected[m]), m
 
 
+def test_independent_scorer_of_recommendation_csvs_agrees(random_case, tmp_path):
+    """benchmarks/score_recommendations.py (plain loops, stdlib only) scores the written
+    CSVs exactly as evaluate_recommendations scores the frames."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "score_recommendations.py"
+    spec = importlib.util.spec_from_file_location("score_recommendations", path)
+    scorer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scorer)
+    users, items, train, test, candidates, _, _ = random_case
+    top_idx, top_scores = top_k_scores(users, items, 10, exclude=train, candidates=candidates)
+    recs = recommendations_frame(top_idx, top_scores)
+    recs[["user_id", "item_id", "rank"]].to_csv(tmp_path / "recs.csv", index=False)
+    coo = test.tocoo()
+    truth = pd.DataFrame({"user_id": coo.row, "item_id": coo.col})
+    truth.to_csv(tmp_path / "test.csv", index=False)
+    independent = scorer.score(scorer.read_pairs(str(tmp_path / "recs.csv"), True),
+                               scorer.read_pairs(str(tmp_path / "test.csv"), False), k=10)
+    ours = evaluate_recommendations(truth, recs, (10,), metrics=("precision", "recall", "ndcg",
+                                                                  "map", "map_at_k", "hit_rate"))
+    assert independent == pytest.approx({
+        "precision@10": ours["precision@10"], "recall@10": ours["recall@10"],
+        "ndcg@10": ours["ndcg@10"], "map": ours["map@10"], "map@10": ours["map_at_k@10"],
+        "hit_rate@10": ours["hit_rate@10"]})
+
+
 # --- top-k -----------------------------------------------------------------------------------
 
 
@@ -273,6 +300,23 @@ def test_most_popular_counts_users_and_excludes_seen(small_train):
     np.testing.assert_array_equal(model.scores(np.array([0, 4])), np.vstack([counts, counts]))
     top_idx, _ = top_k_from_scores(model.scores, 50, 3, exclude=small_train)
     assert all(not set(row) & set(small_train[u].indices) for u, row in enumerate(top_idx))
+
+
+def test_popularity_by_feature_hand_computed():
+    # Training users per item: item 1 has 3, item 2 has 1, item 3 has 4; item 4 is cold.
+    train = sp.csr_matrix(np.array([[0, 1, 1, 1, 0], [0, 1, 0, 1, 0], [0, 1, 0, 1, 0],
+                                    [0, 0, 0, 1, 0]]))
+    features = {"genres": np.array([[0, 0], [1, 2], [2, 0], [3, 0], [2, 3]]),
+                "kind": np.array([0, 1, 1, 2, 0]), "year": np.array([0.0, 1.0, 2.0, 3.0, 4.0])}
+    specs = [{"name": "genres", "type": "multi_hot"}, {"name": "kind", "type": "categorical"},
+             {"name": "year", "type": "numeric"}]
+    model = PopularityByFeature().fit(train, features, specs)
+    # genre 1 -> 3, genre 2 -> (3 + 1) / 2, genre 3 -> 4; kind 1 -> 2, kind 2 -> 4.
+    expected = [8 / 3,  # nothing known: the mean training popularity
+                (2.5 + 2) / 2, (2 + 2) / 2, (4 + 4) / 2,
+                (2 + 4) / 2]  # cold item: its genres only (its kind is unknown)
+    np.testing.assert_allclose(model.scores_, expected)
+    assert model.scores(np.array([0, 3])).shape == (2, 5)
 
 
 def test_ease_closed_form(small_train):

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from twotower_utils.ranking import check_metrics, ranking_metrics
 from twotower_utils.topk import top_k_from_scores
 
-__all__ = ["MostPopular", "EASE", "DEFAULT_EASE_GRID", "tune_ease"]
+__all__ = ["MostPopular", "PopularityByFeature", "EASE", "DEFAULT_EASE_GRID", "tune_ease"]
 
 DEFAULT_EASE_GRID = (50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0)
 
@@ -51,6 +51,63 @@ class MostPopular:
         if self.popularity_ is None:
             raise RuntimeError("MostPopular.scores called before fit")
         return np.tile(self.popularity_, (len(np.atleast_1d(user_idx)), 1))
+
+
+class PopularityByFeature:
+    """Cold-item baseline: items scored by how popular their feature values are in training.
+
+    For each categorical or multi-hot item feature, a value's popularity is the mean number
+    of training users of the training items that have it; an item's score is the mean, over
+    its features, of the mean popularity of its values. Values never seen on a training item
+    (and numeric features) carry no information and are skipped; an item with none left
+    gets the mean training popularity. The same scores for every user.
+    """
+
+    def __init__(self) -> None:
+        self.scores_: np.ndarray | None = None
+
+    def fit(self, train: sp.spmatrix | sp.sparray, item_features: dict[str, np.ndarray],
+            specs: Sequence[dict]) -> PopularityByFeature:
+        """Fit on `train` (sparse `[U, I]`) and the item feature tables (`name -> [I]` codes
+        or `[I, L]` padded multi-hot codes, 0 = unknown) described by `specs`; returns self."""
+        counts = np.asarray(_binary_csr(train).sum(axis=0)).ravel()
+        seen = counts > 0
+        per_feature = []
+        for spec in specs:
+            if spec["type"] not in ("categorical", "multi_hot"):
+                continue
+            codes = np.asarray(item_features[spec["name"]]).reshape(len(counts), -1)
+            rows = np.repeat(np.arange(len(counts)), codes.shape[1])
+            values = codes.ravel()
+            keep = values > 0
+            incidence = sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], values[keep])),
+                                      shape=(len(counts), int(values.max(initial=0)) + 1))
+            incidence.data[:] = 1.0  # a value listed twice on one item counts once
+            trained = incidence[seen]
+            items_with = np.asarray(trained.sum(axis=0)).ravel()
+            value_pop = np.divide(trained.T @ counts[seen], items_with,
+                                  out=np.full(len(items_with), np.nan), where=items_with > 0)
+            known = incidence.multiply(np.isfinite(value_pop)[None, :]).tocsr()
+            total = known @ np.nan_to_num(value_pop)
+            n_known = np.asarray(known.sum(axis=1)).ravel()
+            per_feature.append(np.divide(total, n_known, out=np.full(len(counts), np.nan),
+                                         where=n_known > 0))
+        fallback = counts[seen].mean() if seen.any() else 0.0
+        if per_feature:
+            stacked = np.vstack(per_feature)
+            known = np.isfinite(stacked)
+            total = np.where(known, stacked, 0.0).sum(axis=0)
+            n_known = known.sum(axis=0)
+            self.scores_ = np.where(n_known > 0, total / np.maximum(n_known, 1), fallback)
+        else:
+            self.scores_ = np.full(len(counts), fallback)
+        return self
+
+    def scores(self, user_idx: np.ndarray) -> np.ndarray:
+        """Feature-popularity scores, float64 `[len(user_idx), I]` (identical rows)."""
+        if self.scores_ is None:
+            raise RuntimeError("PopularityByFeature.scores called before fit")
+        return np.tile(self.scores_, (len(np.atleast_1d(user_idx)), 1))
 
 
 class EASE:

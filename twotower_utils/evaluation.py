@@ -29,7 +29,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from twotower_utils.baselines import DEFAULT_EASE_GRID, EASE, MostPopular, tune_ease
+from twotower_utils.baselines import (
+    DEFAULT_EASE_GRID,
+    EASE,
+    MostPopular,
+    PopularityByFeature,
+    tune_ease,
+)
 from twotower_utils.ranking import METRICS, check_k_values, check_metrics, ranking_metrics
 from twotower_utils.ranking import user_metrics as _user_metrics
 from twotower_utils.topk import top_k_from_scores, top_k_scores
@@ -50,6 +56,7 @@ __all__ = [
     "top_k_scores",
     "top_k_from_scores",
     "MostPopular",
+    "PopularityByFeature",
     "EASE",
     "tune_ease",
     "compare_models",
