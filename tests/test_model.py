@@ -89,9 +89,13 @@ def test_every_hidden_dense_is_followed_by_batchnorm_activation_and_dropout(data
     assert model.embed_items(users).shape == (3, 16)
 
 
-def test_bce_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, config):
+@pytest.mark.parametrize("members", [1, 2])
+def test_bce_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, workdir, project_root,
+                                                                members):
     from twotower_utils.model import build_model
 
+    config = load_config(project_root / "config.json",
+                         small_overrides(workdir, **{"model.ensemble_size": members}))
     model = build_model(data, config)
     users = tf.constant([1, 2, 3], tf.int32)
     items = tf.constant([data.history[u].indices[0] for u in (1, 2, 3)], tf.int32)
@@ -102,17 +106,49 @@ def test_bce_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, config):
 
     loo = model.options["history_leave_one_out"]
     user_vec = model.embed_users(users, exclude_items=items if loo else None).numpy()
-    pos = (user_vec * model.embed_items(items).numpy()).sum(1)
-    neg = np.einsum("bd,bkd->bk", user_vec,
-                    model.embed_items(tf.reshape(negatives, [-1])).numpy().reshape(3, 4, -1))
+    item_vec = model.embed_items(items).numpy()
+    neg_vec = model.embed_items(tf.reshape(negatives, [-1])).numpy().reshape(3, 4, -1)
+    dim = config.model.embedding_dim
+    assert user_vec.shape == (3, members * dim) == item_vec.shape[:1] + (members * dim,)
 
     def log_sigmoid(x):
         return -np.log1p(np.exp(-x))
 
-    # Per positive: its own term plus its valid negatives' (the 4th is invalid), averaged.
-    per_positive = -log_sigmoid(pos) - sum(log_sigmoid(-neg[:, j]) for j in range(3))
-    expected = per_positive.mean()
+    # Per member and positive: its own term plus its valid negatives' (the 4th is invalid);
+    # summed over members, averaged over positives.
+    expected = 0.0
+    for member in range(members):
+        part = slice(member * dim, (member + 1) * dim)
+        pos = (user_vec[:, part] * item_vec[:, part]).sum(1)
+        neg = np.einsum("bd,bkd->bk", user_vec[:, part], neg_vec[:, :, part])
+        per_positive = -log_sigmoid(pos) - sum(log_sigmoid(-neg[:, j]) for j in range(3))
+        expected += per_positive.mean()
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_joined_members_embed_as_the_members_side_by_side(data, workdir, project_root):
+    from twotower_utils.model import build_model, join_members, member_config
+
+    config = load_config(project_root / "config.json", small_overrides(
+        workdir, **{"model.ensemble_size": 3, "model.hidden_layers": [8]}))
+    members = [build_model(data, member_config(config, m)) for m in range(3)]
+    assert [m.user_tower.members for m in members] == [1, 1, 1]
+    joined = join_members(members, data, config)
+    users = np.arange(data.num_users)
+    np.testing.assert_allclose(
+        joined.user_embeddings(users),
+        np.hstack([m.user_embeddings(users) for m in members]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(joined.item_embeddings(),
+                               np.hstack([m.item_embeddings() for m in members]),
+                               rtol=1e-5, atol=1e-6)
+    first, second = members[0].item_embeddings(), members[1].item_embeddings()
+    assert not np.allclose(first, second)  # members start apart (own seeds)
+    features = {spec["name"]: np.asarray([1] if spec["type"] == "categorical" else [0.5])
+                for spec in data.feature_specs["user"] if spec["type"] != "multi_hot"}
+    np.testing.assert_allclose(
+        joined.embed_new("user", features, history_items=np.array([1, 2])),
+        np.hstack([m.embed_new("user", features, history_items=np.array([1, 2]))
+                   for m in members]), rtol=1e-5, atol=1e-6)
 
 
 def test_sampled_softmax_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, workdir,
@@ -196,6 +232,11 @@ def test_sampled_negatives_never_include_the_users_training_positives(
     {"training.in_batch_negatives": True, "data.negative_sampling": "popularity",
      "training.logq_correction": True},
     {"model.similarity": "cosine", "model.temperature": 0.1, "model.hidden_layers": []},
+    {"model.ensemble_size": 3, "model.hidden_layers": [16], "training.loss": "softmax"},
+    {"model.ensemble_size": 2, "training.loss": "sampled_softmax",
+     "training.in_batch_negatives": True, "data.negative_sampling": "popularity",
+     "training.logq_correction": True},
+    {"model.ensemble_size": 2, "training.in_batch_negatives": True},
 ])
 def test_loss_variants_give_finite_losses_and_gradients(data, workdir, project_root, overrides):
     from twotower_utils.model import build_model
@@ -345,9 +386,25 @@ def test_unknown_user_gets_cold_start_with_features_or_a_named_error(system):
     assert item not in set(recs["item_id"])
 
 
-def test_a_saved_run_reloads_and_recommends_identically(system):
+@pytest.fixture(scope="module")
+def ensemble_system(project_root, workdir, data):
+    """A trained and saved system whose towers are ensembles of two members."""
     from twotower_utils.system import TwoTowerRecallSystem
 
+    system = TwoTowerRecallSystem(
+        project_root / "config.json",
+        small_overrides(workdir, **{"model.ensemble_size": 2, "training.epochs": 2}),
+        run_id="ensemble", log=None)
+    system.prepare_data(reuse=True)
+    system.train_model()
+    return system
+
+
+@pytest.mark.parametrize("which", ["system", "ensemble_system"])
+def test_a_saved_run_reloads_and_recommends_identically(which, request):
+    from twotower_utils.system import TwoTowerRecallSystem
+
+    system = request.getfixturevalue(which)
     run_dir = system.run_dir
     assert (run_dir / "item_embeddings.npy").is_file()
     assert (run_dir / "user_tower" / "saved_model.pb").is_file()

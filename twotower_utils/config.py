@@ -56,6 +56,9 @@ class ModelConfig:
     history_dropout: float = _number(0.3, lo=0.0, hi=1.0, hi_open=True)
     history_leave_one_out: bool = False
     l2_regularization: float = _number(0.05, lo=0.0)
+    # Independently initialised copies of both towers trained side by side, each with its own
+    # loss; their embeddings are concatenated, so a score is the sum of the members' scores.
+    ensemble_size: int = _number(1, lo=1)
 
 
 @dataclass(frozen=True)

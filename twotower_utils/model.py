@@ -7,10 +7,20 @@ Dropout` per hidden layer and a projection to the shared embedding size (L2-norm
 cosine similarity). The towers are separate Keras models, so the item tower can embed the
 catalogue once and the user tower can run alone at serving time.
 
+With `ensemble_size` K > 1 a tower holds K members that share nothing: every table is K
+slices wide and each member has its own layers. The tower returns the K members' embeddings
+side by side, so one dot product sums the members' scores and the ensemble serves as one
+model. `TwoTowerRecallSystem` trains the members one after another as single-member models
+with their own seeds (their own batch order, negatives and dropout masks: sharing those made
+members too alike to gain from joining) and joins them with `join_members`. Trained as one
+model, the members' losses add up.
+
 `TwoTowerModel` is a `tfrs.models.Model`. Its BCE loss scores each positive (u, i) against
 `num_negatives` items drawn afresh every step inside the graph (uniform or popularity^alpha
 over the items seen in training, never one of u's training positives), optionally with logQ
-correction and in-batch negatives; `loss="softmax"` uses TFRS's in-batch `Retrieval` task.
+correction and in-batch negatives; `loss="sampled_softmax"` is a softmax of each positive
+against `num_negatives` items shared by the batch (all training items when it reaches the
+catalogue size); `loss="softmax"` uses TFRS's in-batch `Retrieval` task.
 In training, the user's history is pooled after a random share of it (`history_dropout`) is
 left out, the denoising that lets the history aggregate generalise to unseen items.
 Everything the model needs from the data (feature tables, training history, sampling
@@ -41,7 +51,7 @@ from twotower_utils.config import Config  # noqa: E402
 from twotower_utils.training import PairSampler, ragged_rows  # noqa: E402
 
 __all__ = ["MODEL_DEFAULTS", "CheckpointedDropout", "Tower", "TwoTowerModel", "build_model",
-           "feature_dim", "ragged_rows"]
+           "feature_dim", "join_members", "member_config", "ragged_rows"]
 
 ID_FEATURE = "__id__"  # per-side table: index -> id-embedding row (0 when unseen in training)
 MODEL_DEFAULTS = {
@@ -100,31 +110,43 @@ class Tower(tf.keras.Model):
                  num_history_items: int = 0, seed: int = 0, use_id: bool = True, **kwargs):
         super().__init__(name=f"{side}_tower", **kwargs)
         dim = config.embedding_dim
+        # Members share nothing: every table is `members` slices wide, one per member, and
+        # each member has its own layers (see the module docstring).
+        self.members = members = int(getattr(config, "ensemble_size", 1))
         self.side = side
         self.specs = [dict(spec) for spec in specs]
         self.normalize = config.similarity == "cosine"
-        self.id_embedding = (tf.keras.layers.Embedding(num_ids, dim, name=f"{side}_id_embedding")
-                             if use_id else None)
+        self.id_embedding = (
+            tf.keras.layers.Embedding(num_ids, members * dim, name=f"{side}_id_embedding")
+            if use_id else None)
         self.feature_embeddings = {}
         for spec in self.specs:
             if spec["type"] in ("categorical", "multi_hot"):
                 size = len(spec["vocabulary"]) + 1
                 self.feature_embeddings[spec["name"]] = tf.keras.layers.Embedding(
-                    size, feature_dim(size, dim), name=f"{side}_{spec['name']}_embedding")
+                    size, members * feature_dim(size, dim),
+                    name=f"{side}_{spec['name']}_embedding")
         self.history_embedding = (
-            tf.keras.layers.Embedding(num_history_items, dim, name="history_embedding")
+            tf.keras.layers.Embedding(num_history_items, members * dim, name="history_embedding")
             if num_history_items else None
         )
-        self.hidden = []
-        for i, units in enumerate(config.hidden_layers):
-            self.hidden.append([
-                tf.keras.layers.Dense(units, name=f"dense_{i}"),
-                tf.keras.layers.BatchNormalization(name=f"batch_norm_{i}"),
-                tf.keras.layers.Activation(config.activation, name=f"activation_{i}"),
-                CheckpointedDropout(config.dropout, seed=seed + i, name=f"dropout_{i}"),
-            ])
-        self.projection = (tf.keras.layers.Dense(dim, name="projection")
-                           if config.output_projection else None)
+        self.member_layers = []
+        for member in range(members):
+            prefix = "" if members == 1 else f"member_{member}_"
+            hidden = []
+            for i, units in enumerate(config.hidden_layers):
+                hidden.append([
+                    tf.keras.layers.Dense(units, name=f"{prefix}dense_{i}"),
+                    tf.keras.layers.BatchNormalization(name=f"{prefix}batch_norm_{i}"),
+                    tf.keras.layers.Activation(config.activation,
+                                               name=f"{prefix}activation_{i}"),
+                    CheckpointedDropout(config.dropout, seed=seed + 100 * member + i,
+                                        name=f"{prefix}dropout_{i}"),
+                ])
+            projection = (tf.keras.layers.Dense(dim, name=f"{prefix}projection")
+                          if config.output_projection else None)
+            self.member_layers.append((hidden, projection))
+        self.hidden, self.projection = self.member_layers[0]
 
     def pool_history(self, history: tf.RaggedTensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Sum of the history-item embeddings per row and the row lengths (float32 `[B]`)."""
@@ -141,17 +163,19 @@ class Tower(tf.keras.Model):
 
     def call(self, inputs: dict[str, Any], training: bool = False) -> tf.Tensor:
         """Embed a batch (see the class docstring for the inputs)."""
-        parts = [] if self.id_embedding is None else [self.id_embedding(inputs["id"])]
+        sliced, shared = [], []  # per-member slices of the wide tables; inputs all share
+        if self.id_embedding is not None:
+            sliced.append(self.id_embedding(inputs["id"]))
         for spec in self.specs:
             value = inputs[spec["name"]]
             if spec["type"] == "numeric":
-                parts.append(tf.reshape(tf.cast(value, tf.float32), [-1, 1]))
+                shared.append(tf.reshape(tf.cast(value, tf.float32), [-1, 1]))
             elif spec["type"] == "categorical":
-                parts.append(self.feature_embeddings[spec["name"]](value))
+                sliced.append(self.feature_embeddings[spec["name"]](value))
             else:
                 mask = tf.cast(value > 0, tf.float32)[..., None]
                 pooled = tf.reduce_sum(self.feature_embeddings[spec["name"]](value) * mask, 1)
-                parts.append(pooled / tf.maximum(tf.reduce_sum(mask, 1), 1.0))
+                sliced.append(pooled / tf.maximum(tf.reduce_sum(mask, 1), 1.0))
         if self.history_embedding is not None:
             if "history" in inputs:
                 history = inputs["history"]
@@ -161,14 +185,18 @@ class Tower(tf.keras.Model):
             else:
                 sums, counts = inputs["history_sum"], inputs["history_count"]
             counts = tf.reshape(counts, [-1, 1])
-            parts.append(sums / tf.maximum(counts, 1.0))
-            parts.append(tf.math.log1p(counts))
-        x = tf.concat(parts, axis=1)
-        for dense, norm, activation, dropout in self.hidden:
-            x = dropout(activation(norm(dense(x), training=training)), training=training)
-        if self.projection is not None:
-            x = self.projection(x)
-        return tf.math.l2_normalize(x, axis=1) if self.normalize else x
+            sliced.append(sums / tf.maximum(counts, 1.0))
+            shared.append(tf.math.log1p(counts))
+        slices = [tf.split(part, self.members, axis=1) for part in sliced]
+        outputs = []
+        for member, (hidden, projection) in enumerate(self.member_layers):
+            x = tf.concat([pieces[member] for pieces in slices] + shared, axis=1)
+            for dense, norm, activation, dropout in hidden:
+                x = dropout(activation(norm(dense(x), training=training)), training=training)
+            if projection is not None:
+                x = projection(x)
+            outputs.append(tf.math.l2_normalize(x, axis=1) if self.normalize else x)
+        return outputs[0] if self.members == 1 else tf.concat(outputs, axis=1)
 
     def input_signature(self) -> dict[str, tf.TensorSpec]:
         """TensorSpecs of the raw (unpooled) inputs: `id`, each feature, `history` (padded)."""
@@ -184,9 +212,9 @@ class Tower(tf.keras.Model):
 
     @property
     def output_dim(self) -> int:
-        """Size of the embeddings this tower returns."""
-        return int(self.projection.units if self.projection is not None
-                   else self.hidden[-1][0].units)
+        """Size of the embeddings this tower returns (members x each member's size)."""
+        return self.members * int(self.projection.units if self.projection is not None
+                                  else self.hidden[-1][0].units)
 
 
 class TwoTowerModel(tfrs.models.Model):
@@ -221,6 +249,7 @@ class TwoTowerModel(tfrs.models.Model):
         self.logq_correction = bool(train.logq_correction)
         self.temperature = float(model.temperature)
         self.l2 = float(model.l2_regularization)
+        self.members = int(getattr(model, "ensemble_size", 1))
         if (self.loss_name != "softmax" and self.num_negatives == 0
                 and not self.in_batch_negatives):
             raise ValueError(f"data.num_negatives = 0 with training.loss = {self.loss_name!r} "
@@ -363,9 +392,12 @@ class TwoTowerModel(tfrs.models.Model):
             mask = tf.logical_not(self.sampler.is_positive(users[:, None], items[None, :]))
             mask |= tf.eye(batch, dtype=tf.bool)
             log_q = tf.gather(self.sampler.log_freq, items) if self.logq_correction else None
-            loss = self.task(user_vec, item_vec, compute_metrics=False, score_mask=mask,
-                             candidate_sampling_probability=None if log_q is None
-                             else tf.exp(log_q))
+            loss = tf.add_n([
+                self.task(member_user, member_item, compute_metrics=False, score_mask=mask,
+                          candidate_sampling_probability=None if log_q is None
+                          else tf.exp(log_q))
+                for member_user, member_item in zip(tf.split(user_vec, self.members, axis=1),
+                                                    tf.split(item_vec, self.members, axis=1))])
             return loss / tf.cast(batch, tf.float32) + self._l2_penalty(
                 user_vec, tf.reduce_sum(item_vec**2, 1))
         if self.loss_name == "sampled_softmax":
@@ -380,34 +412,41 @@ class TwoTowerModel(tfrs.models.Model):
         # Gathering each part separately: slicing one gathered tensor would cost a full-size
         # zero-padded gradient per slice.
         pos_vec = tf.gather(unique_vec, where[:batch])
-        neg_vec = tf.reshape(tf.gather(unique_vec, where[batch:]), [batch, k, -1])
+        neg_vec = tf.gather(unique_vec, where[batch:])
+        # Logits per ensemble member: [B, members, candidates]; masks broadcast over members.
+        user_m, pos_m = self._per_member(user_vec), self._per_member(pos_vec)
+        neg_m = tf.reshape(neg_vec, [batch, k, self.members, -1])
         temperature = self.temperature
-        logits = [tf.reduce_sum(user_vec * pos_vec, axis=1, keepdims=True) / temperature,
-                  tf.einsum("bd,bkd->bk", user_vec, neg_vec) / temperature]
-        labels = [tf.ones([batch, 1]), tf.zeros([batch, k])]
-        weights = [tf.ones([batch, 1]), tf.cast(valid, tf.float32)]
+        logits = [tf.reduce_sum(user_m * pos_m, axis=2)[..., None] / temperature,
+                  tf.einsum("bmd,bkmd->bmk", user_m, neg_m) / temperature]
+        labels = [tf.ones_like(logits[0]), tf.zeros_like(logits[1])]
+        weights = [tf.ones([batch, 1, 1]), tf.cast(valid, tf.float32)[:, None, :]]
         if self.logq_correction:
             # With negatives drawn from q, BCE's optimal logit is log p(i|u) - log(k q(i));
             # subtracting log(k q(i)) in training leaves the score itself ~ log p(i|u).
             log_kq = tf.gather(self.sampler.log_q, tf.concat([items[:, None], negatives], 1))
-            log_kq += tf.math.log(float(max(k, 1)))
-            logits = [logits[0] - log_kq[:, :1], logits[1] - log_kq[:, 1:]]
+            log_kq = (log_kq + tf.math.log(float(max(k, 1))))[:, None, :]
+            logits = [logits[0] - log_kq[..., :1], logits[1] - log_kq[..., 1:]]
         if self.in_batch_negatives:
-            scores = tf.matmul(user_vec, pos_vec, transpose_b=True) / temperature
+            scores = tf.einsum("bmd,cmd->bmc", user_m, pos_m) / temperature
             if self.logq_correction:
                 # In-batch items arrive with their training frequency.
                 log_bq = tf.gather(self.sampler.log_freq, items)
-                scores -= log_bq[None, :] + tf.math.log(tf.cast(batch, tf.float32))
+                scores -= log_bq[None, None, :] + tf.math.log(tf.cast(batch, tf.float32))
             keep = tf.logical_not(self.sampler.is_positive(users[:, None], items[None, :]))
             logits.append(scores)
             labels.append(tf.zeros_like(scores))
-            weights.append(tf.cast(keep, tf.float32))
-        logits = tf.concat(logits, axis=1)
-        weights = tf.concat(weights, axis=1)
-        bce = tf.nn.sigmoid_cross_entropy_with_logits(tf.concat(labels, axis=1), logits)
+            weights.append(tf.cast(keep, tf.float32)[:, None, :])
+        logits = tf.concat(logits, axis=2)
+        weights = tf.concat(weights, axis=2)
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(tf.concat(labels, axis=2), logits)
         loss = tf.reduce_sum(bce * weights) / tf.cast(batch, tf.float32)
         return loss + self._l2_penalty(
             user_vec, tf.gather(tf.reduce_sum(unique_vec**2, 1), where))
+
+    def _per_member(self, vectors: tf.Tensor) -> tf.Tensor:
+        """`[N, members * d]` -> `[N, members, d]`: each ensemble member's own embedding."""
+        return tf.reshape(vectors, [tf.shape(vectors)[0], self.members, -1])
 
     def _sampled_softmax_loss(self, users: tf.Tensor, items: tf.Tensor, user_vec: tf.Tensor,
                               training: bool) -> tf.Tensor:
@@ -417,7 +456,8 @@ class TwoTowerModel(tfrs.models.Model):
         whole training catalogue when `num_negatives` reaches its size (an exact softmax, no
         logQ needed). A shared item that is one of the row's user's training positives
         leaves that row's softmax. With `logq_correction` every logit drops log(k q(i)), the
-        expected count of i among the draws; in-batch negatives as in the BCE loss.
+        expected count of i among the draws; in-batch negatives as in the BCE loss. Each
+        ensemble member has its own softmax; their losses add up.
         """
         batch = tf.size(users)
         pool = self.sampler.pool
@@ -427,25 +467,30 @@ class TwoTowerModel(tfrs.models.Model):
         unique_vec = self.embed_items(unique_items, training=training)
         pos_vec = tf.gather(unique_vec, where[:batch])
         shared_vec = tf.gather(unique_vec, where[batch:])
+        user_m, pos_m = self._per_member(user_vec), self._per_member(pos_vec)
         temperature = self.temperature
-        logits = [tf.reduce_sum(user_vec * pos_vec, axis=1, keepdims=True) / temperature,
-                  tf.matmul(user_vec, shared_vec, transpose_b=True) / temperature]
-        keep = [tf.ones([batch, 1], tf.bool),
-                tf.logical_not(self.sampler.is_positive(users[:, None], shared[None, :]))]
+        logits = [tf.reduce_sum(user_m * pos_m, axis=2)[..., None] / temperature,
+                  tf.einsum("bmd,smd->bms", user_m, self._per_member(shared_vec))
+                  / temperature]
+        keep = [tf.ones([batch, 1, 1], tf.bool),
+                tf.logical_not(self.sampler.is_positive(users[:, None], shared[None, :]))
+                [:, None, :]]
         if self.logq_correction and not full:
             log_k = tf.math.log(float(self.num_negatives))
-            logits[0] -= tf.gather(self.sampler.log_q, items)[:, None] + log_k
-            logits[1] -= tf.gather(self.sampler.log_q, shared)[None, :] + log_k
+            logits[0] -= (tf.gather(self.sampler.log_q, items) + log_k)[:, None, None]
+            logits[1] -= (tf.gather(self.sampler.log_q, shared) + log_k)[None, None, :]
         if self.in_batch_negatives:
-            scores = tf.matmul(user_vec, pos_vec, transpose_b=True) / temperature
+            scores = tf.einsum("bmd,cmd->bmc", user_m, pos_m) / temperature
             if self.logq_correction:
-                scores -= (tf.gather(self.sampler.log_freq, items)[None, :]
-                           + tf.math.log(tf.cast(batch, tf.float32)))
+                scores -= (tf.gather(self.sampler.log_freq, items)
+                           + tf.math.log(tf.cast(batch, tf.float32)))[None, None, :]
             logits.append(scores)
-            keep.append(tf.logical_not(self.sampler.is_positive(users[:, None], items[None, :])))
-        logits = tf.concat(logits, axis=1)
-        logits = tf.where(tf.concat(keep, axis=1), logits, tf.fill(tf.shape(logits), -1e9))
-        loss = -tf.reduce_sum(tf.nn.log_softmax(logits, axis=1)[:, 0])
+            keep.append(tf.logical_not(self.sampler.is_positive(users[:, None], items[None, :]))
+                        [:, None, :])
+        logits = tf.concat(logits, axis=2)
+        keep = tf.broadcast_to(tf.concat(keep, axis=2), tf.shape(logits))
+        logits = tf.where(keep, logits, tf.fill(tf.shape(logits), -1e9))
+        loss = -tf.reduce_sum(tf.nn.log_softmax(logits, axis=2)[..., 0])
         return loss / tf.cast(batch, tf.float32) + self._l2_penalty(
             user_vec, tf.gather(tf.reduce_sum(unique_vec**2, 1), where))
 
@@ -481,3 +526,43 @@ def build_model(data, config: Config, **options) -> TwoTowerModel:
     model.embed_users(users)
     model.embed_items(users)
     return model
+
+
+def member_config(config: Config, member: int) -> Config:
+    """The configuration ensemble member `member` trains with: one member, seed + member."""
+    from dataclasses import replace
+
+    return replace(config, model=replace(config.model, ensemble_size=1),
+                   training=replace(config.training, seed=config.training.seed + member))
+
+
+def join_members(members: list[TwoTowerModel], data, config: Config) -> TwoTowerModel:
+    """One model whose towers hold the trained single-member `members` side by side.
+
+    Returns a `TwoTowerModel` with `ensemble_size = len(members)` built for `data`: its wide
+    tables are the members' tables concatenated (member m is slice m) and member m's layers
+    carry member m's weights, so its embeddings are the members' embeddings concatenated.
+    """
+    from dataclasses import replace
+
+    joined = build_model(data, replace(config, model=replace(config.model,
+                                                             ensemble_size=len(members))))
+    for side in ("user_tower", "item_tower"):
+        target, sources = getattr(joined, side), [getattr(m, side) for m in members]
+        if any(source.members != 1 for source in sources):
+            raise ValueError("join_members: every member must be a single-member model")
+        wide = [(target.id_embedding, [s.id_embedding for s in sources]),
+                (target.history_embedding, [s.history_embedding for s in sources])]
+        wide += [(layer, [s.feature_embeddings[name] for s in sources])
+                 for name, layer in target.feature_embeddings.items()]
+        for layer, parts in wide:
+            if layer is not None:
+                layer.embeddings.assign(tf.concat([p.embeddings for p in parts], axis=1))
+        for (hidden, projection), source in zip(target.member_layers, sources):
+            source_hidden, source_projection = source.member_layers[0]
+            for layers, source_layers in zip(hidden, source_hidden):
+                for layer, source_layer in zip(layers, source_layers):
+                    layer.set_weights(source_layer.get_weights())
+            if projection is not None:
+                projection.set_weights(source_projection.get_weights())
+    return joined
