@@ -70,7 +70,7 @@ LOSS_STUDY = {
     "tfrs_in_batch_softmax_logq": {"training.loss": "softmax",
                                    "data.negative_sampling": "popularity",
                                    "training.logq_correction": True},
-    "full_softmax": {"training.loss": "sampled_softmax", "data.num_negatives": 100_000,
+    "full_softmax": {"training.loss": "sampled_softmax", "training.softmax_negatives": 0,
                      "data.negative_sampling": "uniform", "training.logq_correction": False},
 }
 COLD_K = (10, 50)

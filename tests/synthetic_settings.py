@@ -15,4 +15,10 @@ SMALL_SYNTHETIC = {
     "model.hidden_layers": [32],
     "training.batch_size": 256,
     "training.learning_rate": 0.01,
+    # One BCE model with few negatives, whatever config.json's quality settings are; the
+    # tests that need ensembles, refits or other losses ask for them.
+    "model.ensemble_size": 1,
+    "training.loss": "bce",
+    "training.refit_with_validation": False,
+    "data.num_negatives": 4,
 }

@@ -18,7 +18,6 @@ from twotower_utils.preprocessing import DataPreprocessor, load_processed  # noq
 
 SMALL = {
     **SMALL_SYNTHETIC,
-    "data.num_negatives": 4,
     "model.dropout": 0.1,
     "model.l2_regularization": 0.0,  # the hand-computed loss below is the BCE alone
     "training.epochs": 4,
@@ -155,8 +154,8 @@ def test_sampled_softmax_loss_equals_a_hand_computed_value_on_a_fixed_batch(data
                                                                            project_root):
     from twotower_utils.model import build_model
 
-    config = load_config(project_root / "config.json",
-                         small_overrides(workdir, **{"training.loss": "sampled_softmax"}))
+    config = load_config(project_root / "config.json", small_overrides(
+        workdir, **{"training.loss": "sampled_softmax", "training.softmax_negatives": 4}))
     model = build_model(data, config)
     users = tf.constant([1, 2, 3], tf.int32)
     items = tf.constant([data.history[u].indices[0] for u in (1, 2, 3)], tf.int32)
@@ -177,12 +176,13 @@ def test_sampled_softmax_loss_equals_a_hand_computed_value_on_a_fixed_batch(data
     assert loss == pytest.approx(np.mean(expected), rel=1e-5)
 
 
+@pytest.mark.parametrize("shared", [0, 100_000])  # 0, or more than the catalogue: all items
 def test_sampled_softmax_with_negatives_covering_the_catalogue_is_the_exact_softmax(
-        data, workdir, project_root):
+        data, workdir, project_root, shared):
     from twotower_utils.model import build_model
 
     config = load_config(project_root / "config.json", small_overrides(
-        workdir, **{"training.loss": "sampled_softmax", "data.num_negatives": 100_000}))
+        workdir, **{"training.loss": "sampled_softmax", "training.softmax_negatives": shared}))
     model = build_model(data, config)
     model.sampler.draw = None  # the whole catalogue is used: nothing may be drawn
     users = np.array([1, 2], np.int32)
@@ -227,15 +227,15 @@ def test_sampled_negatives_never_include_the_users_training_positives(
 
 @pytest.mark.parametrize("overrides", [
     {"training.loss": "softmax"},
-    {"training.loss": "sampled_softmax", "training.in_batch_negatives": True,
-     "training.logq_correction": True},
+    {"training.loss": "sampled_softmax", "training.softmax_negatives": 8,
+     "training.in_batch_negatives": True, "training.logq_correction": True},
     {"training.in_batch_negatives": True, "data.negative_sampling": "popularity",
      "training.logq_correction": True},
     {"model.similarity": "cosine", "model.temperature": 0.1, "model.hidden_layers": []},
     {"model.ensemble_size": 3, "model.hidden_layers": [16], "training.loss": "softmax"},
     {"model.ensemble_size": 2, "training.loss": "sampled_softmax",
-     "training.in_batch_negatives": True, "data.negative_sampling": "popularity",
-     "training.logq_correction": True},
+     "training.softmax_negatives": 8, "training.in_batch_negatives": True,
+     "data.negative_sampling": "popularity", "training.logq_correction": True},
     {"model.ensemble_size": 2, "training.in_batch_negatives": True},
 ])
 def test_loss_variants_give_finite_losses_and_gradients(data, workdir, project_root, overrides):

@@ -74,6 +74,8 @@ class TrainingConfig:
     early_stopping_metric: str = _choice("ndcg@10", "recall@10", "ndcg@20", "recall@20",
                                          default="ndcg@10")
     loss: str = _choice("bce", "sampled_softmax", "softmax", default="bce")
+    # Items shared by a batch in the sampled softmax; 0 = every item seen in training.
+    softmax_negatives: int = _number(0, lo=0)
     in_batch_negatives: bool = False
     logq_correction: bool = False
     # After early stopping, train afresh on train + validation for the best epoch count.
@@ -402,7 +404,7 @@ def _cross_checks(config: Config) -> list[str]:
         )
     training = config.training
     sampled = training.loss in ("bce", "sampled_softmax")
-    if sampled and data.num_negatives == 0 and not training.in_batch_negatives:
+    if training.loss == "bce" and data.num_negatives == 0 and not training.in_batch_negatives:
         problems.append(
             f"data.num_negatives = 0: the {training.loss!r} loss needs negatives; set "
             "num_negatives >= 1 or training.in_batch_negatives = true"

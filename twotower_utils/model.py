@@ -19,8 +19,8 @@ model, the members' losses add up.
 `num_negatives` items drawn afresh every step inside the graph (uniform or popularity^alpha
 over the items seen in training, never one of u's training positives), optionally with logQ
 correction and in-batch negatives; `loss="sampled_softmax"` is a softmax of each positive
-against `num_negatives` items shared by the batch (all training items when it reaches the
-catalogue size); `loss="softmax"` uses TFRS's in-batch `Retrieval` task.
+against `softmax_negatives` items shared by the batch (all training items when 0);
+`loss="softmax"` uses TFRS's in-batch `Retrieval` task.
 In training, the user's history is pooled after a random share of it (`history_dropout`) is
 left out, the denoising that lets the history aggregate generalise to unseen items.
 Everything the model needs from the data (feature tables, training history, sampling
@@ -250,8 +250,8 @@ class TwoTowerModel(tfrs.models.Model):
         self.temperature = float(model.temperature)
         self.l2 = float(model.l2_regularization)
         self.members = int(getattr(model, "ensemble_size", 1))
-        if (self.loss_name != "softmax" and self.num_negatives == 0
-                and not self.in_batch_negatives):
+        self.softmax_negatives = int(getattr(train, "softmax_negatives", 0))
+        if self.loss_name == "bce" and self.num_negatives == 0 and not self.in_batch_negatives:
             raise ValueError(f"data.num_negatives = 0 with training.loss = {self.loss_name!r} "
                              "and no in-batch "
                              "negatives: the loss would have no negatives; set num_negatives "
@@ -450,19 +450,20 @@ class TwoTowerModel(tfrs.models.Model):
 
     def _sampled_softmax_loss(self, users: tf.Tensor, items: tf.Tensor, user_vec: tf.Tensor,
                               training: bool) -> tf.Tensor:
-        """Softmax of each positive against `num_negatives` items shared by the batch.
+        """Softmax of each positive against `softmax_negatives` items shared by the batch.
 
         The shared items are drawn from the sampling distribution every step, or are the
-        whole training catalogue when `num_negatives` reaches its size (an exact softmax, no
-        logQ needed). A shared item that is one of the row's user's training positives
+        whole training catalogue when `softmax_negatives` is 0 or reaches its size (an exact
+        softmax, no logQ needed). A shared item that is one of the row's user's training positives
         leaves that row's softmax. With `logq_correction` every logit drops log(k q(i)), the
         expected count of i among the draws; in-batch negatives as in the BCE loss. Each
         ensemble member has its own softmax; their losses add up.
         """
         batch = tf.size(users)
         pool = self.sampler.pool
-        full = self.num_negatives >= int(pool.shape[0])
-        shared = pool if full else self.sampler.draw([self.num_negatives])
+        count = self.softmax_negatives
+        full = count == 0 or count >= int(pool.shape[0])
+        shared = pool if full else self.sampler.draw([count])
         unique_items, where = tf.unique(tf.concat([items, shared], axis=0))
         unique_vec = self.embed_items(unique_items, training=training)
         pos_vec = tf.gather(unique_vec, where[:batch])
@@ -476,7 +477,7 @@ class TwoTowerModel(tfrs.models.Model):
                 tf.logical_not(self.sampler.is_positive(users[:, None], shared[None, :]))
                 [:, None, :]]
         if self.logq_correction and not full:
-            log_k = tf.math.log(float(self.num_negatives))
+            log_k = tf.math.log(float(count))
             logits[0] -= (tf.gather(self.sampler.log_q, items) + log_k)[:, None, None]
             logits[1] -= (tf.gather(self.sampler.log_q, shared) + log_k)[None, None, :]
         if self.in_batch_negatives:
@@ -528,12 +529,17 @@ def build_model(data, config: Config, **options) -> TwoTowerModel:
     return model
 
 
+MEMBER_SEED_STRIDE = 1000  # runs with seeds s and s + 1 must not share members
+
+
 def member_config(config: Config, member: int) -> Config:
-    """The configuration ensemble member `member` trains with: one member, seed + member."""
+    """The configuration ensemble member `member` trains with: one member, and the seed
+    `training.seed + 1000 * member`."""
     from dataclasses import replace
 
+    seed = config.training.seed + MEMBER_SEED_STRIDE * member
     return replace(config, model=replace(config.model, ensemble_size=1),
-                   training=replace(config.training, seed=config.training.seed + member))
+                   training=replace(config.training, seed=seed))
 
 
 def join_members(members: list[TwoTowerModel], data, config: Config) -> TwoTowerModel:

@@ -143,7 +143,7 @@ class TwoTowerRecallSystem:
         validation for the best epoch count and replaces the early-stopped one.
 
         With `model.ensemble_size` K > 1, K single-member models are trained one after
-        another with seeds seed, seed + 1, ... (each with its own early stopping and refit)
+        another with seeds seed, seed + 1000, ... (each with its own early stopping and refit)
         and joined into one model (`model.join_members`). The result is then the first
         member's; its `extra` holds every member's best epoch and validation metric and the
         joined early-stopped members' validation metric (`ensemble_val_<metric>`).
