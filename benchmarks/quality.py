@@ -18,8 +18,11 @@ epochs and early stopping) with only the loss swapped: BCE with 16 uniform negat
 16 popularity negatives and logQ, TFRS's in-batch softmax (with and without logQ), and the
 softmax over the whole training catalogue.
 
-Cold items: the cold-items split (the test items never appear in training), the model placing
-them from their features only, against popularity-by-feature; ranked among the cold items.
+Cold items: the cold-items split (the test items never appear in training), the model (one
+member, no refit, as in the loss study) placing them from their features only, against
+popularity-by-feature; ranked among the cold items.
+
+The training jobs (seeds, loss-study rows, cold items) run in `--jobs` worker processes.
 
 Writes to --out: `results.json` (every number, per seed and mean/std), and
 `recommendations.csv` (`user_id,item_id,rank`: the test users' top 10 from the first seed's
@@ -33,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +61,8 @@ PUBLISHED_NDCG = {"most_popular": 0.252, "BPR": 0.445, "BiVAE": 0.469, "iALS (tu
                   "EASE (tuned)": 0.481}
 # The loss study holds everything else fixed at one member and no refit (a single model's
 # budget: config.json's epochs and early stopping), so only the loss differs.
-LOSS_STUDY_BASE = {"model.ensemble_size": 1, "training.refit_with_validation": False,
+LOSS_STUDY_BASE = {"model.ensemble_size": 1, "model.ensemble_member_overrides": [],
+                   "training.refit_with_validation": False,
                    "training.in_batch_negatives": False}
 LOSS_STUDY = {
     "bce_uniform": {"training.loss": "bce", "data.num_negatives": 16,
@@ -93,7 +98,11 @@ def train_two_tower(config: Path, overrides: dict, seed: int, run_id: str):
     started = time.perf_counter()
     result = system.train_model(save=False)
     metrics = system.evaluate_model(k_values=[K], metrics=METRICS)
-    metrics.update(fit_seconds=time.perf_counter() - started, best_epoch=result.best_epoch)
+    # Validation nDCG@10 of the early-stopped model (an ensemble's: its members joined), the
+    # number settings are chosen by.
+    val = result.extra.get(f"ensemble_val_{result.metric}", result.best_metric)
+    metrics.update(fit_seconds=time.perf_counter() - started, best_epoch=result.best_epoch,
+                   **{f"val_{result.metric}": val})
     return system, metrics
 
 
@@ -118,11 +127,11 @@ def check_recommendations(system, out: Path, workdir: Path, metrics: dict) -> di
     return independent
 
 
-def baselines(system) -> dict:
-    """Most-popular and EASE test metrics at K on the system's prepared data."""
+def baselines(data) -> dict:
+    """Most-popular and EASE test metrics at K on the processed data."""
     started = time.perf_counter()
-    lists, seconds, tuning = baseline_top_lists(system.data, K)
-    table = metric_table(lists, system.data.interactions("test"), (K,), METRICS)
+    lists, seconds, tuning = baseline_top_lists(data, K)
+    table = metric_table(lists, data.interactions("test"), (K,), METRICS)
     chosen = float(tuning.index[tuning["chosen"]][0])
     rows = {name: {**table.loc[name].to_dict(), "fit_seconds": seconds[name]}
             for name in table.index}
@@ -136,7 +145,7 @@ def cold_items(config: Path, overrides: dict, seed: int) -> dict:
     """Recall/nDCG among the cold test items: the model vs popularity-by-feature."""
     cold = {**overrides, "data.split.method": "cold_items",
             "paths.processed_dir": overrides["paths.processed_dir"] + "-cold"}
-    system, _ = train_two_tower(config, cold, seed, "quality-cold")
+    system, metrics = train_two_tower(config, cold, seed, "quality-cold")
     data = system.data
     candidates = np.zeros(data.num_items, dtype=bool)
     candidates[data.test["item_idx"].to_numpy()] = True
@@ -151,7 +160,61 @@ def cold_items(config: Path, overrides: dict, seed: int) -> dict:
                                max(COLD_K), exclude=seen[users], candidates=candidates)
     popularity = ranking_metrics(top, relevant[users], COLD_K, ("recall", "ndcg"))
     return {"cold_items": int(candidates.sum()), "test_rows": len(data.test),
-            "users": len(users), "two_tower": model, "popularity_by_feature": popularity}
+            "users": len(users), "two_tower": model, "popularity_by_feature": popularity,
+            "fit_seconds": metrics["fit_seconds"]}
+
+
+def run_job(job: dict, config: Path, out: Path, workdir: Path) -> dict:
+    """One training job (in its own process): a seed of the configured model (the first also
+    writes and checks recommendations.csv), a loss-study row, or the cold-items split."""
+    if job["kind"] == "cold":
+        return {"job": job, "cold": cold_items(config, job["overrides"], job["seed"])}
+    run_id = f"quality-{job.get('name', 'seed')}-{job['seed']}"
+    system, metrics = train_two_tower(config, job["overrides"], job["seed"], run_id)
+    result = {"job": job, "metrics": metrics}
+    if job.get("first"):
+        result["independent"] = check_recommendations(system, out, workdir, metrics)
+    return result
+
+
+def run_jobs(jobs: list[dict], args, workdir: Path) -> list[dict]:
+    """Run the jobs in `--jobs` worker processes (one TensorFlow thread each: the models are
+    too small for one process to keep two cores busy); returns their results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def launch(index_job):
+        index, job = index_job
+        started = time.perf_counter()
+        spec, result = workdir / f"job-{index}.json", workdir / f"job-{index}.result.json"
+        spec.write_text(json.dumps(job))
+        command = [sys.executable, __file__, "--job", str(spec), "--job-result", str(result),
+                   "--config", str(args.config), "--out", str(args.out),
+                   "--threads", "1" if args.jobs > 1 else "0"]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        finished = subprocess.run(command, env=env, capture_output=True, text=True)
+        if finished.returncode:
+            raise SystemExit(f"job {job['kind']} {job.get('name', '')} seed {job['seed']} "
+                             f"failed:\n{finished.stderr[-3000:]}")
+        done = json.loads(result.read_text())
+        if job["kind"] == "cold":
+            shown = f"recall@10 among cold items {done['cold']['two_tower']['recall@10']:.4f}"
+        else:
+            val = next(f"{k[4:]} {v:.4f}" for k, v in done["metrics"].items()
+                       if k.startswith("val_"))
+            shown = f"test nDCG@10 {done['metrics']['ndcg@10']:.4f}, validation {val}"
+        print(f"{job.get('name', 'two_tower' if job['kind'] == 'seed' else job['kind'])} "
+              f"seed {job['seed']}: {shown} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+        return done
+
+    # Every job's configuration is checked here first: a bad one fails now, not after the
+    # long jobs before it.
+    from twotower_utils.config import load_config
+
+    for job in jobs:
+        load_config(args.config, job["overrides"])
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        return list(pool.map(launch, enumerate(jobs)))
 
 
 def print_table(title: str, rows: dict[str, dict]) -> None:
@@ -181,7 +244,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
     parser.add_argument("--ml100k-dir", help="GroupLens ml-100k directory (default: "
                         "$TWOTOWER_ML100K_DIR, else fetched as `make run` does)")
+    parser.add_argument("--jobs", type=int, default=2, help="training jobs run at once")
+    parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--job-result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.job:
+        if args.threads:
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        result = run_job(json.loads(args.job.read_text()), args.config, args.out,
+                         args.job.parent)
+        args.job_result.write_text(json.dumps(result, default=float))
+        return 0
     if args.ml100k_dir:
         os.environ["TWOTOWER_ML100K_DIR"] = args.ml100k_dir
     args.out.mkdir(parents=True, exist_ok=True)
@@ -197,31 +274,32 @@ def main(argv: list[str] | None = None) -> int:
                 overrides[key] = json.loads(value)
             except json.JSONDecodeError:
                 overrides[key] = value
-        runs = []
-        for position, seed in enumerate(args.seeds):
-            system, metrics = train_two_tower(args.config, overrides, seed, f"quality-{seed}")
-            print(f"two-tower seed {seed}: nDCG@10 {metrics['ndcg@10']:.4f}, best epoch "
-                  f"{metrics['best_epoch']}, {metrics['fit_seconds']:.1f} s", flush=True)
-            if position == 0:
-                independent = check_recommendations(system, args.out, workdir, metrics)
-                rows = baselines(system)
-                config_used = system.config
-            runs.append(metrics)
-        rows["two_tower"] = summarise(runs)
-        study = {}
+        # The data stage once, here, so the jobs only read it; then the baselines.
+        from twotower_utils.config import load_config
+        from twotower_utils.preprocessing import DataPreprocessor, load_processed
+
+        data = load_processed(DataPreprocessor(
+            load_config(args.config, overrides), log=lambda _: None).run())
+        rows = baselines(data)
+        jobs = [{"kind": "seed", "seed": seed, "overrides": overrides, "first": i == 0}
+                for i, seed in enumerate(args.seeds)]
         if not args.skip_loss_study:
-            for name, change in LOSS_STUDY.items():
-                variant = []
-                for seed in args.seeds[:args.loss_study_seeds]:
-                    _, metrics = train_two_tower(
-                        args.config, {**overrides, **LOSS_STUDY_BASE, **change}, seed,
-                        f"quality-{name}-{seed}")
-                    variant.append(metrics)
-                study[name] = summarise(variant)
-                print(f"loss study {name}: nDCG@10 {study[name]['ndcg@10']['mean']:.4f}",
-                      flush=True)
-        cold = None if args.skip_cold_items else cold_items(args.config, overrides,
-                                                            args.seeds[0])
+            jobs += [{"kind": "loss", "name": name, "seed": seed,
+                      "overrides": {**overrides, **LOSS_STUDY_BASE, **change}}
+                     for name, change in LOSS_STUDY.items()
+                     for seed in args.seeds[:args.loss_study_seeds]]
+        if not args.skip_cold_items:
+            jobs.append({"kind": "cold", "seed": args.seeds[0],
+                         "overrides": {**overrides, **LOSS_STUDY_BASE}})
+        done = run_jobs(jobs, args, workdir)
+        seeds = [d for d in done if d["job"]["kind"] == "seed"]
+        rows["two_tower"] = summarise([d["metrics"] for d in seeds])
+        independent = next(d["independent"] for d in seeds if d["job"]["first"])
+        config_used = load_config(args.config, overrides)
+        study = {name: summarise([d["metrics"] for d in done
+                                  if d["job"].get("name") == name])
+                 for name in LOSS_STUDY if not args.skip_loss_study}
+        cold = next((d["cold"] for d in done if d["job"]["kind"] == "cold"), None)
     print_table(f"MovieLens-100K benchmark split, k = {K}; two-tower: mean ± std over seeds "
                 f"{args.seeds}", rows)
     print("published nDCG@10 on this protocol: " + ", ".join(

@@ -239,9 +239,10 @@ def main(argv=None) -> int:
 
 def step_timing(system) -> dict:
     """Project step vs bare loop vs MF floor, interleaved; medians in ms and the ratios."""
-    from twotower_utils.model import build_model
+    from twotower_utils.model import build_model, member_config
 
-    config, data = system.config, system.data
+    # One member's step: an ensemble trains its members one after another, each this step.
+    config, data = member_config(system.config, 0), system.data
     users = data.train["user_idx"].to_numpy().astype(np.int32)
     items = data.train["item_idx"].to_numpy().astype(np.int32)
     order = np.random.default_rng(0).permutation(len(users))

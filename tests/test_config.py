@@ -67,6 +67,13 @@ def test_paths_resolve_against_the_config_directory(tmp_path):
         ({"data.num_negatives": 0}, "data.num_negatives = 0: the 'bce' loss needs negatives"),
         ({"model": 3}, "model = 3: expected an object"),
         ({"serving.index": "faiss"}, "serving.index = 'faiss': expected one of"),
+        ({"model.ensemble_member_overrides": [{"model.embedding_dim": 32}]},
+         "model.ensemble_member_overrides[0]: model.embedding_dim cannot differ between"),
+        ({"model.ensemble_member_overrides": [{"training": {"loss": "hinge"}}]},
+         "model.ensemble_member_overrides[0]: invalid configuration:   - training.loss = "
+         "'hinge'"),
+        ({"model.ensemble_size": 1, "model.ensemble_member_overrides": [{}, {}]},
+         "model.ensemble_member_overrides: 2 entries for model.ensemble_size = 1"),
         ({"serving.scann.num_leaves_to_search": 0},
          "serving.scann.num_leaves_to_search = 0: expected a value in [1, inf)"),
         ({"training.distribution_strategy": "tpu"},

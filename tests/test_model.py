@@ -125,6 +125,21 @@ def test_bce_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, workdir, p
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+def test_each_member_gets_its_seed_and_its_own_overrides(project_root, workdir):
+    from twotower_utils.model import member_config
+
+    config = load_config(project_root / "config.json", small_overrides(workdir, **{
+        "model.ensemble_size": 3, "training.seed": 7,
+        "model.ensemble_member_overrides": [{"training": {"loss": "sampled_softmax"}},
+                                            {"model.l2_regularization": 0.2}]}))
+    members = [member_config(config, m) for m in range(3)]
+    assert [m.training.seed for m in members] == [7, 1007, 2007]
+    assert [m.training.loss for m in members] == ["sampled_softmax", "bce", "bce"]
+    assert [m.model.l2_regularization for m in members] == [0.0, 0.2, 0.0]
+    assert all(m.model.ensemble_size == 1 and not m.model.ensemble_member_overrides
+               for m in members)
+
+
 def test_joined_members_embed_as_the_members_side_by_side(data, workdir, project_root):
     from twotower_utils.model import build_model, join_members, member_config
 
@@ -316,6 +331,20 @@ def test_refit_trains_afresh_on_train_and_validation_for_the_best_epoch_count(
     with pytest.raises(ValueError, match="refitted on train"):
         refit.evaluate_model(split="validation")
     assert refit.evaluate_model(k_values=[10])["ndcg@10"] > 0
+
+
+def test_cold_items_split_validates_among_the_cold_validation_items(project_root, tmp_path):
+    from twotower_utils.system import TwoTowerRecallSystem
+
+    system = TwoTowerRecallSystem(
+        project_root / "config.json",
+        small_overrides(tmp_path, **{"data.split.method": "cold_items", "training.epochs": 2}),
+        run_id="cold", log=None)
+    data = system.prepare_data()
+    assert not set(data.validation["item_idx"]) & set(data.train["item_idx"])
+    result = system.train_model(save=False)
+    # Ranked among the items seen in training, cold validation items could never be hit.
+    assert all(record["val_recall@10"] > 0 for record in result.history)
 
 
 def test_early_stopping_restores_the_best_epochs_weights(data, project_root, workdir):

@@ -309,7 +309,8 @@ def tower_table(tower) -> pd.DataFrame:
 
 
 def training_summary(result) -> pd.DataFrame:
-    """Headline facts of a `TrainingResult`: epochs run, best epoch and metric, time."""
+    """Headline facts of a `TrainingResult`: epochs run, best epoch and metric, time; with
+    a refit or an ensemble (first member's history), their epochs, metrics and times too."""
     record = result.to_dict() if hasattr(result, "to_dict") else dict(result)
     rows = [
         ("epochs run", len(record["history"])),
@@ -319,6 +320,20 @@ def training_summary(result) -> pd.DataFrame:
         ("training time (s)", f"{record['seconds']:.1f}"),
         ("time to reach the best epoch (s)", f"{record['seconds_to_best']:.1f}"),
     ]
+    extra, metric = record.get("extra") or {}, record["metric"]
+    if "refit_epochs" in extra:
+        rows.append(("refit on train + validation (epochs, s)",
+                     f"{extra['refit_epochs']}, {extra['refit_seconds']:.1f}"))
+    if f"ensemble_val_{metric}" in extra:
+        rows += [
+            ("ensemble members", len(extra["member_best_epochs"])),
+            ("members' best epochs", ", ".join(map(str, extra["member_best_epochs"]))),
+            (f"members' best validation {metric}",
+             ", ".join(f"{v:.4f}" for v in extra[f"member_val_{metric}"])),
+            (f"ensemble validation {metric} (early-stopped members joined)",
+             f"{extra[f'ensemble_val_{metric}']:.4f}"),
+            ("all members' training time (s)", f"{sum(extra['member_seconds']):.1f}"),
+        ]
     return pd.DataFrame(rows, columns=["quantity", "value"]).set_index("quantity")
 
 

@@ -56,9 +56,10 @@ class ModelConfig:
     history_dropout: float = _number(0.3, lo=0.0, hi=1.0, hi_open=True)
     history_leave_one_out: bool = False
     l2_regularization: float = _number(0.05, lo=0.0)
-    # Independently initialised copies of both towers trained side by side, each with its own
-    # loss; their embeddings are concatenated, so a score is the sum of the members' scores.
+    # Models trained one after another and joined (embeddings side by side: a score is the
+    # sum of the members' scores); member m applies ensemble_member_overrides[m], if given.
     ensemble_size: int = _number(1, lo=1)
+    ensemble_member_overrides: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,8 @@ def _type_error(value: Any, hint: Any) -> str | None:
         if not isinstance(value, dict) or any(
             _type_error(k, key_t) or _type_error(v, val_t) for k, v in value.items()
         ):
-            return f"expected an object mapping {key_t.__name__} to {val_t.__name__}"
+            return (f"expected an object mapping {key_t.__name__} to "
+                    f"{getattr(val_t, '__name__', 'values')}")
         return None
     if hint is bool:
         return None if isinstance(value, bool) else "expected true or false"
@@ -352,9 +354,53 @@ def _interval(lo, hi, lo_open, hi_open) -> str:
     return f"{left}{lo_s}, {hi_s}{right}"
 
 
+# What an ensemble member may change: anything that leaves the towers' shapes alone.
+MEMBER_OVERRIDABLE = ("training.", "data.num_negatives", "data.negative_sampling",
+                      "data.popularity_alpha", "model.l2_regularization", "model.dropout",
+                      "model.history_dropout", "model.history_leave_one_out",
+                      "model.temperature")
+
+
+SINGLE_MEMBER = {"model.ensemble_size": 1, "model.ensemble_member_overrides": []}
+
+
+def _member_problems(config: Config) -> list[str]:
+    model = config.model
+    problems = []
+    if len(model.ensemble_member_overrides) > model.ensemble_size:
+        problems.append(f"model.ensemble_member_overrides: {len(model.ensemble_member_overrides)}"
+                        f" entries for model.ensemble_size = {model.ensemble_size}; expected at "
+                        "most one per member")
+    for index, overrides in enumerate(model.ensemble_member_overrides):
+        where = f"model.ensemble_member_overrides[{index}]"
+        flat = _flatten(overrides)
+        bad = sorted(key for key in flat
+                     if key in ("training.seed", "training.refit_with_validation")
+                     or not key.startswith(MEMBER_OVERRIDABLE))
+        if bad:
+            problems.append(f"{where}: {', '.join(bad)} cannot differ between members; "
+                            f"allowed: {', '.join(MEMBER_OVERRIDABLE)}")
+            continue
+        try:
+            config.with_overrides({**flat, **SINGLE_MEMBER})
+        except ConfigError as error:
+            problems.append(f"{where}: {str(error).replace(chr(10), ' ')}")
+    return problems
+
+
+def _flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and _is_section(value):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _cross_checks(config: Config) -> list[str]:
     """Checks that involve more than one key."""
-    problems = []
+    problems = _member_problems(config)
     model, data, evaluation = config.model, config.data, config.evaluation
     if any(size < 1 for size in model.hidden_layers):
         problems.append(

@@ -533,13 +533,18 @@ MEMBER_SEED_STRIDE = 1000  # runs with seeds s and s + 1 must not share members
 
 
 def member_config(config: Config, member: int) -> Config:
-    """The configuration ensemble member `member` trains with: one member, and the seed
+    """The configuration ensemble member `member` trains with: one member, its entry of
+    `model.ensemble_member_overrides` (if any) applied, and the seed
     `training.seed + 1000 * member`."""
     from dataclasses import replace
 
+    from twotower_utils.config import SINGLE_MEMBER
+
+    member_overrides = config.model.ensemble_member_overrides
+    extra = member_overrides[member] if member < len(member_overrides) else {}
+    config = config.with_overrides({**extra, **SINGLE_MEMBER})
     seed = config.training.seed + MEMBER_SEED_STRIDE * member
-    return replace(config, model=replace(config.model, ensemble_size=1),
-                   training=replace(config.training, seed=seed))
+    return replace(config, training=replace(config.training, seed=seed))
 
 
 def join_members(members: list[TwoTowerModel], data, config: Config) -> TwoTowerModel:

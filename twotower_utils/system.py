@@ -186,11 +186,13 @@ class TwoTowerRecallSystem:
         from twotower_utils.training import Trainer
 
         data = self.data
+        validation = data.interactions("validation")
         trainer = Trainer(
             model, config, data.train["user_idx"].to_numpy(),
-            data.train["item_idx"].to_numpy(), data.interactions("validation"), data.history,
+            data.train["item_idx"].to_numpy(), validation, data.history,
             checkpoint_dir=config.path("models_dir") / ".checkpoints" / name,
-            log_dir=config.path("logs_dir") / name, log=self.log)
+            candidates=self._validation_candidates(), log_dir=config.path("logs_dir") / name,
+            log=self.log)
         result = trainer.fit(resume=resume, callbacks=callbacks)
         if not (config.training.refit_with_validation and result.best_epoch):
             return result, model, model
@@ -220,6 +222,15 @@ class TwoTowerRecallSystem:
             log_dir=config.path("logs_dir") / name / "refit", log=self.log)
         return model, trainer.fit(resume=resume).seconds
 
+    def _validation_candidates(self) -> np.ndarray:
+        """Items ranked on validation: those seen in training, or, for the cold-items split
+        (whose validation items are unseen in training too), the validation items, as the
+        cold-item evaluation ranks among the cold test items."""
+        data = self.data
+        seen = data.interactions("validation" if self.config.data.split.method == "cold_items"
+                                 else "train")
+        return np.asarray(seen.sum(axis=0)).ravel() > 0
+
     def _ensemble_summary(self, results: list, early_stopped: list) -> dict:
         """Members' best epochs and metrics, and the joined early-stopped members' metric
         on validation (what `ensemble_size` is judged by)."""
@@ -228,10 +239,10 @@ class TwoTowerRecallSystem:
 
         data, metric = self.data, results[0].metric
         joined = join_members(early_stopped, data, self.config)
-        candidates = np.asarray(data.history.sum(axis=0)).ravel() > 0
         k = int(metric.split("@")[1])
         value = evaluate_ranking(joined, data.history, data.interactions("validation"),
-                                 candidates, (k,), (metric.split("@")[0],))[metric]
+                                 self._validation_candidates(), (k,),
+                                 (metric.split("@")[0],))[metric]
         self.log(f"ensemble of {len(results)}: validation {metric} {value:.4f} (members "
                  + ", ".join(f"{r.best_metric:.4f}" for r in results) + ")")
         return {"member_best_epochs": [r.best_epoch for r in results],
