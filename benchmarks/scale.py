@@ -42,8 +42,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's package, even where another is installed
 THRESHOLDS = {"growth": 1.5, "peak_gib": 12.0, "speedup": 10.0, "recall": 0.95}
-SCALE_SETTINGS = {"model.ensemble_size": 1, "training.loss": "bce", "data.num_negatives": 16,
+SCALE_SETTINGS = {"model.ensemble_size": 1, "model.ensemble_member_overrides": [],
+                  "training.loss": "bce", "data.num_negatives": 16,
                   "training.in_batch_negatives": False, "training.logq_correction": False}
 
 

@@ -72,8 +72,6 @@ def test_paths_resolve_against_the_config_directory(tmp_path):
         ({"model.ensemble_member_overrides": [{"training": {"loss": "hinge"}}]},
          "model.ensemble_member_overrides[0]: invalid configuration:   - training.loss = "
          "'hinge'"),
-        ({"model.ensemble_size": 1, "model.ensemble_member_overrides": [{}, {}]},
-         "model.ensemble_member_overrides: 2 entries for model.ensemble_size = 1"),
         ({"serving.scann.num_leaves_to_search": 0},
          "serving.scann.num_leaves_to_search = 0: expected a value in [1, inf)"),
         ({"training.distribution_strategy": "tpu"},

@@ -138,6 +138,9 @@ def test_each_member_gets_its_seed_and_its_own_overrides(project_root, workdir):
     assert [m.model.l2_regularization for m in members] == [0.0, 0.2, 0.0]
     assert all(m.model.ensemble_size == 1 and not m.model.ensemble_member_overrides
                for m in members)
+    # Shrinking the ensemble needs no other change: unused entries are ignored.
+    single = config.with_overrides({"model.ensemble_size": 1})
+    assert member_config(single, 0).training.loss == "sampled_softmax"
 
 
 def test_joined_members_embed_as_the_members_side_by_side(data, workdir, project_root):

@@ -57,7 +57,8 @@ class ModelConfig:
     history_leave_one_out: bool = False
     l2_regularization: float = _number(0.05, lo=0.0)
     # Models trained one after another and joined (embeddings side by side: a score is the
-    # sum of the members' scores); member m applies ensemble_member_overrides[m], if given.
+    # sum of the members' scores); member m applies ensemble_member_overrides[m], if given
+    # (entries beyond ensemble_size are unused, so ensemble_size alone can shrink it).
     ensemble_size: int = _number(1, lo=1)
     ensemble_member_overrides: list[dict[str, Any]] = field(default_factory=list)
 
@@ -367,10 +368,6 @@ SINGLE_MEMBER = {"model.ensemble_size": 1, "model.ensemble_member_overrides": []
 def _member_problems(config: Config) -> list[str]:
     model = config.model
     problems = []
-    if len(model.ensemble_member_overrides) > model.ensemble_size:
-        problems.append(f"model.ensemble_member_overrides: {len(model.ensemble_member_overrides)}"
-                        f" entries for model.ensemble_size = {model.ensemble_size}; expected at "
-                        "most one per member")
     for index, overrides in enumerate(model.ensemble_member_overrides):
         where = f"model.ensemble_member_overrides[{index}]"
         flat = _flatten(overrides)
