@@ -20,7 +20,9 @@ tf = pytest.importorskip("tensorflow")
 
 from synthetic_settings import SMALL_SYNTHETIC  # noqa: E402
 
-SMALL = {**SMALL_SYNTHETIC, "training.epochs": 3}
+# Two joined members, as the shipped configuration joins four: export and serving must see
+# the members' embeddings side by side.
+SMALL = {**SMALL_SYNTHETIC, "training.epochs": 3, "model.ensemble_size": 2}
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +248,7 @@ def test_embeddings_export_as_parquet_and_npy_with_their_ids(system, run, tmp_pa
     vectors = np.load(written["users"])
     np.testing.assert_allclose(vectors[ids.index(system.data.user_vocab[7])],
                                system.get_user_embedding(system.data.user_vocab[7]), rtol=1e-6)
-    assert json.loads(written["manifest"].read_text())["dim"] == 16
+    assert json.loads(written["manifest"].read_text())["dim"] == 2 * 16  # two members
     with pytest.raises(ValueError, match="fmt = 'h5'"):
         export_embeddings(run, tmp_path / "x", fmt="h5")
 
