@@ -239,7 +239,8 @@ def main(argv=None) -> int:
 
 def step_timing(system) -> dict:
     """Project step vs bare loop vs MF floor, interleaved; medians in ms and the ratios."""
-    from twotower_utils.model import build_model, member_config
+    from twotower_utils.fitting import member_config
+    from twotower_utils.model import build_model
 
     # One member's step: an ensemble trains its members one after another, each this step.
     config, data = member_config(system.config, 0), system.data

@@ -126,7 +126,7 @@ def test_bce_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, workdir, p
 
 
 def test_each_member_gets_its_seed_and_its_own_overrides(project_root, workdir):
-    from twotower_utils.model import member_config
+    from twotower_utils.fitting import member_config
 
     config = load_config(project_root / "config.json", small_overrides(workdir, **{
         "model.ensemble_size": 3, "training.seed": 7,
@@ -144,7 +144,8 @@ def test_each_member_gets_its_seed_and_its_own_overrides(project_root, workdir):
 
 
 def test_joined_members_embed_as_the_members_side_by_side(data, workdir, project_root):
-    from twotower_utils.model import build_model, join_members, member_config
+    from twotower_utils.fitting import join_members, member_config
+    from twotower_utils.model import build_model
 
     config = load_config(project_root / "config.json", small_overrides(
         workdir, **{"model.ensemble_size": 3, "model.hidden_layers": [8]}))

@@ -12,7 +12,7 @@ slices wide and each member has its own layers. The tower returns the K members'
 side by side, so one dot product sums the members' scores and the ensemble serves as one
 model. `TwoTowerRecallSystem` trains the members one after another as single-member models
 with their own seeds (their own batch order, negatives and dropout masks: sharing those made
-members too alike to gain from joining) and joins them with `join_members`. Trained as one
+members too alike to gain from joining) and joins them with `fitting.join_members`. Trained as one
 model, the members' losses add up.
 
 `TwoTowerModel` is a `tfrs.models.Model`. Its BCE loss scores each positive (u, i) against
@@ -47,11 +47,12 @@ import scipy.sparse as sp  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
+from twotower_utils import losses  # noqa: E402
 from twotower_utils.config import Config  # noqa: E402
 from twotower_utils.training import PairSampler, ragged_rows  # noqa: E402
 
 __all__ = ["MODEL_DEFAULTS", "CheckpointedDropout", "Tower", "TwoTowerModel", "build_model",
-           "feature_dim", "join_members", "member_config", "ragged_rows"]
+           "feature_dim", "ragged_rows"]
 
 ID_FEATURE = "__id__"  # per-side table: index -> id-embedding row (0 when unseen in training)
 MODEL_DEFAULTS = {
@@ -372,128 +373,9 @@ class TwoTowerModel(tfrs.models.Model):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """Scalar loss of a batch `{"user_idx": int [B], "item_idx": int [B]}`.
-
-        BCE: per positive, the binary cross-entropy of the positive (label 1) plus that of
-        each of its `num_negatives` sampled negatives and, if enabled, of the other rows'
-        positives (label 0), averaged over the batch's positives; plus
-        `l2_regularization` * the mean squared norm of the batch's user and item embeddings.
-        Softmax: TFRS's in-batch retrieval loss, averaged over positives, plus the same L2.
-        """
-        users = tf.cast(inputs["user_idx"], tf.int32)
-        items = tf.cast(inputs["item_idx"], tf.int32)
-        batch = tf.size(users)
-        user_vec = self.embed_users(
-            users, training=training,
-            exclude_items=items if self.options["history_leave_one_out"] else None)
-        if self.loss_name == "softmax":
-            item_vec = self.embed_items(items, training=training)
-            # Another row's item that is also this user's positive is not a negative.
-            mask = tf.logical_not(self.sampler.is_positive(users[:, None], items[None, :]))
-            mask |= tf.eye(batch, dtype=tf.bool)
-            log_q = tf.gather(self.sampler.log_freq, items) if self.logq_correction else None
-            loss = tf.add_n([
-                self.task(member_user, member_item, compute_metrics=False, score_mask=mask,
-                          candidate_sampling_probability=None if log_q is None
-                          else tf.exp(log_q))
-                for member_user, member_item in zip(tf.split(user_vec, self.members, axis=1),
-                                                    tf.split(item_vec, self.members, axis=1))])
-            return loss / tf.cast(batch, tf.float32) + self._l2_penalty(
-                user_vec, tf.reduce_sum(item_vec**2, 1))
-        if self.loss_name == "sampled_softmax":
-            return self._sampled_softmax_loss(users, items, user_vec, training)
-        k = self.num_negatives
-        negatives, valid = self.sampler.sample(users, k)
-        all_items = tf.concat([items, tf.reshape(negatives, [-1])], axis=0)
-        # The tower runs once per distinct item: a batch's positives and negatives repeat
-        # popular items many times (and cannot exceed the catalogue).
-        unique_items, where = tf.unique(all_items)
-        unique_vec = self.embed_items(unique_items, training=training)
-        # Gathering each part separately: slicing one gathered tensor would cost a full-size
-        # zero-padded gradient per slice.
-        pos_vec = tf.gather(unique_vec, where[:batch])
-        neg_vec = tf.gather(unique_vec, where[batch:])
-        # Logits per ensemble member: [B, members, candidates]; masks broadcast over members.
-        user_m, pos_m = self._per_member(user_vec), self._per_member(pos_vec)
-        neg_m = tf.reshape(neg_vec, [batch, k, self.members, -1])
-        temperature = self.temperature
-        logits = [tf.reduce_sum(user_m * pos_m, axis=2)[..., None] / temperature,
-                  tf.einsum("bmd,bkmd->bmk", user_m, neg_m) / temperature]
-        labels = [tf.ones_like(logits[0]), tf.zeros_like(logits[1])]
-        weights = [tf.ones([batch, 1, 1]), tf.cast(valid, tf.float32)[:, None, :]]
-        if self.logq_correction:
-            # With negatives drawn from q, BCE's optimal logit is log p(i|u) - log(k q(i));
-            # subtracting log(k q(i)) in training leaves the score itself ~ log p(i|u).
-            log_kq = tf.gather(self.sampler.log_q, tf.concat([items[:, None], negatives], 1))
-            log_kq = (log_kq + tf.math.log(float(max(k, 1))))[:, None, :]
-            logits = [logits[0] - log_kq[..., :1], logits[1] - log_kq[..., 1:]]
-        if self.in_batch_negatives:
-            scores = tf.einsum("bmd,cmd->bmc", user_m, pos_m) / temperature
-            if self.logq_correction:
-                # In-batch items arrive with their training frequency.
-                log_bq = tf.gather(self.sampler.log_freq, items)
-                scores -= log_bq[None, None, :] + tf.math.log(tf.cast(batch, tf.float32))
-            keep = tf.logical_not(self.sampler.is_positive(users[:, None], items[None, :]))
-            logits.append(scores)
-            labels.append(tf.zeros_like(scores))
-            weights.append(tf.cast(keep, tf.float32)[:, None, :])
-        logits = tf.concat(logits, axis=2)
-        weights = tf.concat(weights, axis=2)
-        bce = tf.nn.sigmoid_cross_entropy_with_logits(tf.concat(labels, axis=2), logits)
-        loss = tf.reduce_sum(bce * weights) / tf.cast(batch, tf.float32)
-        return loss + self._l2_penalty(
-            user_vec, tf.gather(tf.reduce_sum(unique_vec**2, 1), where))
-
-    def _per_member(self, vectors: tf.Tensor) -> tf.Tensor:
-        """`[N, members * d]` -> `[N, members, d]`: each ensemble member's own embedding."""
-        return tf.reshape(vectors, [tf.shape(vectors)[0], self.members, -1])
-
-    def _sampled_softmax_loss(self, users: tf.Tensor, items: tf.Tensor, user_vec: tf.Tensor,
-                              training: bool) -> tf.Tensor:
-        """Softmax of each positive against `softmax_negatives` items shared by the batch.
-
-        The shared items are drawn from the sampling distribution every step, or are the
-        whole training catalogue when `softmax_negatives` is 0 or reaches its size (an exact
-        softmax, no logQ needed). A shared item that is one of the row's user's training positives
-        leaves that row's softmax. With `logq_correction` every logit drops log(k q(i)), the
-        expected count of i among the draws; in-batch negatives as in the BCE loss. Each
-        ensemble member has its own softmax; their losses add up.
-        """
-        batch = tf.size(users)
-        pool = self.sampler.pool
-        count = self.softmax_negatives
-        full = count == 0 or count >= int(pool.shape[0])
-        shared = pool if full else self.sampler.draw([count])
-        unique_items, where = tf.unique(tf.concat([items, shared], axis=0))
-        unique_vec = self.embed_items(unique_items, training=training)
-        pos_vec = tf.gather(unique_vec, where[:batch])
-        shared_vec = tf.gather(unique_vec, where[batch:])
-        user_m, pos_m = self._per_member(user_vec), self._per_member(pos_vec)
-        temperature = self.temperature
-        logits = [tf.reduce_sum(user_m * pos_m, axis=2)[..., None] / temperature,
-                  tf.einsum("bmd,smd->bms", user_m, self._per_member(shared_vec))
-                  / temperature]
-        keep = [tf.ones([batch, 1, 1], tf.bool),
-                tf.logical_not(self.sampler.is_positive(users[:, None], shared[None, :]))
-                [:, None, :]]
-        if self.logq_correction and not full:
-            log_k = tf.math.log(float(count))
-            logits[0] -= (tf.gather(self.sampler.log_q, items) + log_k)[:, None, None]
-            logits[1] -= (tf.gather(self.sampler.log_q, shared) + log_k)[None, None, :]
-        if self.in_batch_negatives:
-            scores = tf.einsum("bmd,cmd->bmc", user_m, pos_m) / temperature
-            if self.logq_correction:
-                scores -= (tf.gather(self.sampler.log_freq, items)
-                           + tf.math.log(tf.cast(batch, tf.float32)))[None, None, :]
-            logits.append(scores)
-            keep.append(tf.logical_not(self.sampler.is_positive(users[:, None], items[None, :]))
-                        [:, None, :])
-        logits = tf.concat(logits, axis=2)
-        keep = tf.broadcast_to(tf.concat(keep, axis=2), tf.shape(logits))
-        logits = tf.where(keep, logits, tf.fill(tf.shape(logits), -1e9))
-        loss = -tf.reduce_sum(tf.nn.log_softmax(logits, axis=2)[..., 0])
-        return loss / tf.cast(batch, tf.float32) + self._l2_penalty(
-            user_vec, tf.gather(tf.reduce_sum(unique_vec**2, 1), where))
+        """Scalar loss of a batch `{"user_idx": int [B], "item_idx": int [B]}`: the configured
+        loss plus L2 (see `twotower_utils.losses.compute_loss`)."""
+        return losses.compute_loss(self, inputs, training)
 
     def train_step(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """One optimisation step on `inputs` (as `compute_loss`); returns `{"loss": ...}`.
@@ -510,14 +392,6 @@ class TwoTowerModel(tfrs.models.Model):
         self.optimizer.apply_gradients(zip(gradients, variables))
         return {"loss": loss}
 
-    def _l2_penalty(self, user_vec: tf.Tensor, item_sq_norms: tf.Tensor) -> tf.Tensor:
-        # Penalising the batch's outputs (not whole tables) keeps a step's cost independent
-        # of the catalogue size; each item counts once per occurrence in the batch.
-        if self.l2 == 0.0:
-            return tf.constant(0.0)
-        return self.l2 * (tf.reduce_mean(tf.reduce_sum(user_vec**2, 1))
-                          + tf.reduce_mean(item_sq_norms))
-
 
 def build_model(data, config: Config, **options) -> TwoTowerModel:
     """Build a `TwoTowerModel` for `data` with `config`, its variables created (seeded)."""
@@ -527,53 +401,3 @@ def build_model(data, config: Config, **options) -> TwoTowerModel:
     model.embed_users(users)
     model.embed_items(users)
     return model
-
-
-MEMBER_SEED_STRIDE = 1000  # runs with seeds s and s + 1 must not share members
-
-
-def member_config(config: Config, member: int) -> Config:
-    """The configuration ensemble member `member` trains with: one member, its entry of
-    `model.ensemble_member_overrides` (if any) applied, and the seed
-    `training.seed + 1000 * member`."""
-    from dataclasses import replace
-
-    from twotower_utils.config import SINGLE_MEMBER
-
-    member_overrides = config.model.ensemble_member_overrides
-    extra = member_overrides[member] if member < len(member_overrides) else {}
-    config = config.with_overrides({**extra, **SINGLE_MEMBER})
-    seed = config.training.seed + MEMBER_SEED_STRIDE * member
-    return replace(config, training=replace(config.training, seed=seed))
-
-
-def join_members(members: list[TwoTowerModel], data, config: Config) -> TwoTowerModel:
-    """One model whose towers hold the trained single-member `members` side by side.
-
-    Returns a `TwoTowerModel` with `ensemble_size = len(members)` built for `data`: its wide
-    tables are the members' tables concatenated (member m is slice m) and member m's layers
-    carry member m's weights, so its embeddings are the members' embeddings concatenated.
-    """
-    from dataclasses import replace
-
-    joined = build_model(data, replace(config, model=replace(config.model,
-                                                             ensemble_size=len(members))))
-    for side in ("user_tower", "item_tower"):
-        target, sources = getattr(joined, side), [getattr(m, side) for m in members]
-        if any(source.members != 1 for source in sources):
-            raise ValueError("join_members: every member must be a single-member model")
-        wide = [(target.id_embedding, [s.id_embedding for s in sources]),
-                (target.history_embedding, [s.history_embedding for s in sources])]
-        wide += [(layer, [s.feature_embeddings[name] for s in sources])
-                 for name, layer in target.feature_embeddings.items()]
-        for layer, parts in wide:
-            if layer is not None:
-                layer.embeddings.assign(tf.concat([p.embeddings for p in parts], axis=1))
-        for (hidden, projection), source in zip(target.member_layers, sources):
-            source_hidden, source_projection = source.member_layers[0]
-            for layers, source_layers in zip(hidden, source_hidden):
-                for layer, source_layer in zip(layers, source_layers):
-                    layer.set_weights(source_layer.get_weights())
-            if projection is not None:
-                projection.set_weights(source_projection.get_weights())
-    return joined

@@ -144,112 +144,44 @@ class TwoTowerRecallSystem:
 
         With `model.ensemble_size` K > 1, K single-member models are trained one after
         another with seeds seed, seed + 1000, ... (each with its own early stopping and refit)
-        and joined into one model (`model.join_members`). The result is then the first
+        and joined into one model (`fitting.join_members`). The result is then the first
         member's; its `extra` holds every member's best epoch and validation metric and the
         joined early-stopped members' validation metric (`ensemble_val_<metric>`).
         """
-        from twotower_utils.model import build_model, join_members, member_config
+        from twotower_utils.fitting import (
+            ensemble_summary,
+            join_members,
+            member_config,
+            train_member,
+        )
+        from twotower_utils.model import build_model
 
         if self.model is None:
             self.build_model()
         members = self.config.model.ensemble_size
         if members == 1:
-            self.training_result, _, self.model = self._train_member(
-                self.model, self.config, self.run_id, resume, callbacks)
+            self.training_result, _, self.model = train_member(
+                self, self.model, self.config, self.run_id, resume, callbacks)
         else:
             early_stopped, final, results = [], [], []
             for member in range(members):
                 config = member_config(self.config, member)
                 self.log(f"ensemble member {member + 1}/{members} "
                          f"(seed {config.training.seed})")
-                result, stopped, model = self._train_member(
-                    build_model(self.data, config), config, f"{self.run_id}-member-{member}",
-                    resume, callbacks)
+                result, stopped, model = train_member(
+                    self, build_model(self.data, config), config,
+                    f"{self.run_id}-member-{member}", resume, callbacks)
                 early_stopped.append(stopped)
                 final.append(model)
                 results.append(result)
             self.training_result = results[0]
-            self.training_result.extra.update(self._ensemble_summary(results, early_stopped))
+            self.training_result.extra.update(ensemble_summary(self, results, early_stopped))
             self.model = join_members(final, self.data, self.config)
         self.refitted = self.config.training.refit_with_validation
         self._user_vectors = self._item_vectors = None
         if save:
             self.save()
         return self.training_result
-
-    def _train_member(self, model, config: Config, name: str, resume: bool, callbacks):
-        """Early-stop `model` on validation, then refit if configured.
-
-        Returns `(result, early-stopped model, final model)`; the final model is a fresh
-        one trained on train + validation when `training.refit_with_validation` is set.
-        """
-        from twotower_utils.training import Trainer
-
-        data = self.data
-        validation = data.interactions("validation")
-        trainer = Trainer(
-            model, config, data.train["user_idx"].to_numpy(),
-            data.train["item_idx"].to_numpy(), validation, data.history,
-            checkpoint_dir=config.path("models_dir") / ".checkpoints" / name,
-            candidates=self._validation_candidates(), log_dir=config.path("logs_dir") / name,
-            log=self.log)
-        result = trainer.fit(resume=resume, callbacks=callbacks)
-        if not (config.training.refit_with_validation and result.best_epoch):
-            return result, model, model
-        refit, seconds = self._refit(config, result.best_epoch, name, resume)
-        result.extra.update(refit_epochs=result.best_epoch, refit_seconds=seconds)
-        return result, model, refit
-
-    def _refit(self, config: Config, epochs: int, name: str, resume: bool):
-        """A fresh model trained on train + validation for `epochs`; returns it and the
-        seconds it took."""
-        from dataclasses import replace
-
-        from twotower_utils.model import build_model
-        from twotower_utils.training import Trainer
-
-        data = self.data
-        both = pd.concat([data.train, data.validation], ignore_index=True)
-        refit_data = replace(data, train=both, validation=data.validation.iloc[:0],
-                             history=self._serving_history)
-        config = replace(config, training=replace(config.training, epochs=epochs))
-        self.log(f"refitting on train + validation ({len(both):,} pairs) for {epochs} epochs")
-        model = build_model(refit_data, config)
-        trainer = Trainer(
-            model, config, both["user_idx"].to_numpy(), both["item_idx"].to_numpy(), None,
-            self._serving_history,
-            checkpoint_dir=config.path("models_dir") / ".checkpoints" / f"{name}-refit",
-            log_dir=config.path("logs_dir") / name / "refit", log=self.log)
-        return model, trainer.fit(resume=resume).seconds
-
-    def _validation_candidates(self) -> np.ndarray:
-        """Items ranked on validation: those seen in training, or, for the cold-items split
-        (whose validation items are unseen in training too), the validation items, as the
-        cold-item evaluation ranks among the cold test items."""
-        data = self.data
-        seen = data.interactions("validation" if self.config.data.split.method == "cold_items"
-                                 else "train")
-        return np.asarray(seen.sum(axis=0)).ravel() > 0
-
-    def _ensemble_summary(self, results: list, early_stopped: list) -> dict:
-        """Members' best epochs and metrics, and the joined early-stopped members' metric
-        on validation (what `ensemble_size` is judged by)."""
-        from twotower_utils.model import join_members
-        from twotower_utils.training import evaluate_ranking
-
-        data, metric = self.data, results[0].metric
-        joined = join_members(early_stopped, data, self.config)
-        k = int(metric.split("@")[1])
-        value = evaluate_ranking(joined, data.history, data.interactions("validation"),
-                                 self._validation_candidates(), (k,),
-                                 (metric.split("@")[0],))[metric]
-        self.log(f"ensemble of {len(results)}: validation {metric} {value:.4f} (members "
-                 + ", ".join(f"{r.best_metric:.4f}" for r in results) + ")")
-        return {"member_best_epochs": [r.best_epoch for r in results],
-                f"member_val_{metric}": [r.best_metric for r in results],
-                f"ensemble_val_{metric}": value,
-                "member_seconds": [r.seconds + r.extra.get("refit_seconds", 0.0)
-                                   for r in results]}
 
     def evaluate_model(self, split: str = "test", k_values=None, metrics=None,
                        candidates: np.ndarray | None = None) -> dict:

@@ -1,0 +1,146 @@
+"""How `TwoTowerRecallSystem.train_model` trains: early stopping, the refit, ensemble members.
+
+`train_member` early-stops one model on validation and, with
+`training.refit_with_validation`, trains a fresh one on train + validation for the best epoch
+count (`refit`). With `model.ensemble_size` K > 1 the system trains K single-member models
+(`member_config`: seed + 1000·m, the member's entry of `model.ensemble_member_overrides`) and
+`join_members` writes them into one K-member model; `ensemble_summary` scores the joined
+early-stopped members on validation.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from twotower_utils.config import Config  # noqa: E402
+from twotower_utils.model import TwoTowerModel, build_model  # noqa: E402
+from twotower_utils.training import Trainer, evaluate_ranking  # noqa: E402
+
+__all__ = ["MEMBER_SEED_STRIDE", "ensemble_summary", "join_members", "member_config", "refit",
+           "train_member", "validation_candidates"]
+
+
+def train_member(system, model, config: Config, name: str, resume: bool, callbacks=()):
+    """Early-stop `model` on validation, then refit if configured.
+
+    Returns `(result, early-stopped model, final model)`; the final model is a fresh
+    one trained on train + validation when `training.refit_with_validation` is set.
+    """
+
+    data = system.data
+    validation = data.interactions("validation")
+    trainer = Trainer(
+        model, config, data.train["user_idx"].to_numpy(),
+        data.train["item_idx"].to_numpy(), validation, data.history,
+        checkpoint_dir=config.path("models_dir") / ".checkpoints" / name,
+        candidates=validation_candidates(system), log_dir=config.path("logs_dir") / name,
+        log=system.log)
+    result = trainer.fit(resume=resume, callbacks=callbacks)
+    if not (config.training.refit_with_validation and result.best_epoch):
+        return result, model, model
+    refitted, seconds = refit(system, config, result.best_epoch, name, resume)
+    result.extra.update(refit_epochs=result.best_epoch, refit_seconds=seconds)
+    return result, model, refitted
+
+def refit(system, config: Config, epochs: int, name: str, resume: bool):
+    """A fresh model trained on train + validation for `epochs`; returns it and the
+    seconds it took."""
+    from dataclasses import replace
+
+
+    data = system.data
+    both = pd.concat([data.train, data.validation], ignore_index=True)
+    refit_data = replace(data, train=both, validation=data.validation.iloc[:0],
+                         history=system._serving_history)
+    config = replace(config, training=replace(config.training, epochs=epochs))
+    system.log(f"refitting on train + validation ({len(both):,} pairs) for {epochs} epochs")
+    model = build_model(refit_data, config)
+    trainer = Trainer(
+        model, config, both["user_idx"].to_numpy(), both["item_idx"].to_numpy(), None,
+        system._serving_history,
+        checkpoint_dir=config.path("models_dir") / ".checkpoints" / f"{name}-refit",
+        log_dir=config.path("logs_dir") / name / "refit", log=system.log)
+    return model, trainer.fit(resume=resume).seconds
+
+def validation_candidates(system) -> np.ndarray:
+    """Items ranked on validation: those seen in training, or, for the cold-items split
+    (whose validation items are unseen in training too), the validation items, as the
+    cold-item evaluation ranks among the cold test items."""
+    data = system.data
+    seen = data.interactions("validation" if system.config.data.split.method == "cold_items"
+                             else "train")
+    return np.asarray(seen.sum(axis=0)).ravel() > 0
+
+def ensemble_summary(system, results: list, early_stopped: list) -> dict:
+    """Members' best epochs and metrics, and the joined early-stopped members' metric
+    on validation (what `ensemble_size` is judged by)."""
+
+    data, metric = system.data, results[0].metric
+    joined = join_members(early_stopped, data, system.config)
+    k = int(metric.split("@")[1])
+    value = evaluate_ranking(joined, data.history, data.interactions("validation"),
+                             validation_candidates(system), (k,),
+                             (metric.split("@")[0],))[metric]
+    system.log(f"ensemble of {len(results)}: validation {metric} {value:.4f} (members "
+             + ", ".join(f"{r.best_metric:.4f}" for r in results) + ")")
+    return {"member_best_epochs": [r.best_epoch for r in results],
+            f"member_val_{metric}": [r.best_metric for r in results],
+            f"ensemble_val_{metric}": value,
+            "member_seconds": [r.seconds + r.extra.get("refit_seconds", 0.0)
+                               for r in results]}
+
+
+MEMBER_SEED_STRIDE = 1000  # runs with seeds s and s + 1 must not share members
+
+
+def member_config(config: Config, member: int) -> Config:
+    """The configuration ensemble member `member` trains with: one member, its entry of
+    `model.ensemble_member_overrides` (if any) applied, and the seed
+    `training.seed + 1000 * member`."""
+    from dataclasses import replace
+
+    from twotower_utils.config import SINGLE_MEMBER
+
+    member_overrides = config.model.ensemble_member_overrides
+    extra = member_overrides[member] if member < len(member_overrides) else {}
+    config = config.with_overrides({**extra, **SINGLE_MEMBER})
+    seed = config.training.seed + MEMBER_SEED_STRIDE * member
+    return replace(config, training=replace(config.training, seed=seed))
+
+
+def join_members(members: list[TwoTowerModel], data, config: Config) -> TwoTowerModel:
+    """One model whose towers hold the trained single-member `members` side by side.
+
+    Returns a `TwoTowerModel` with `ensemble_size = len(members)` built for `data`: its wide
+    tables are the members' tables concatenated (member m is slice m) and member m's layers
+    carry member m's weights, so its embeddings are the members' embeddings concatenated.
+    """
+    from dataclasses import replace
+
+    joined = build_model(data, replace(config, model=replace(config.model,
+                                                             ensemble_size=len(members))))
+    for side in ("user_tower", "item_tower"):
+        target, sources = getattr(joined, side), [getattr(m, side) for m in members]
+        if any(source.members != 1 for source in sources):
+            raise ValueError("join_members: every member must be a single-member model")
+        wide = [(target.id_embedding, [s.id_embedding for s in sources]),
+                (target.history_embedding, [s.history_embedding for s in sources])]
+        wide += [(layer, [s.feature_embeddings[name] for s in sources])
+                 for name, layer in target.feature_embeddings.items()]
+        for layer, parts in wide:
+            if layer is not None:
+                layer.embeddings.assign(tf.concat([p.embeddings for p in parts], axis=1))
+        for (hidden, projection), source in zip(target.member_layers, sources):
+            source_hidden, source_projection = source.member_layers[0]
+            for layers, source_layers in zip(hidden, source_hidden):
+                for layer, source_layer in zip(layers, source_layers):
+                    layer.set_weights(source_layer.get_weights())
+            if projection is not None:
+                projection.set_weights(source_projection.get_weights())
+    return joined
