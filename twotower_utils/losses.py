@@ -27,7 +27,8 @@ def compute_loss(model, inputs: dict[str, tf.Tensor], training: bool = False) ->
     each of its `num_negatives` sampled negatives and, if enabled, of the other rows'
     positives (label 0), averaged over the batch's positives; plus
     `l2_regularization` * the mean squared norm of the batch's user and item embeddings.
-    Softmax: TFRS's in-batch retrieval loss, averaged over positives, plus the same L2.
+    Sampled softmax: see `sampled_softmax_loss`. Softmax: TFRS's in-batch retrieval loss,
+    averaged over positives, plus the same L2. With ensemble members, summed over members.
     """
     users = tf.cast(inputs["user_idx"], tf.int32)
     items = tf.cast(inputs["item_idx"], tf.int32)

@@ -156,13 +156,15 @@ class TwoTowerRecallSystem:
         )
         from twotower_utils.model import build_model
 
-        if self.model is None:
-            self.build_model()
         members = self.config.model.ensemble_size
         if members == 1:
+            if self.model is None:
+                self.build_model()
             self.training_result, _, self.model = train_member(
                 self, self.model, self.config, self.run_id, resume, callbacks)
         else:
+            if self.data is None:
+                self.prepare_data()
             early_stopped, final, results = [], [], []
             for member in range(members):
                 config = member_config(self.config, member)
