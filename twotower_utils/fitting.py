@@ -11,6 +11,7 @@ early-stopped members on validation.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -18,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from twotower_utils.config import Config  # noqa: E402
+from twotower_utils.config import SINGLE_MEMBER, Config  # noqa: E402
 from twotower_utils.model import TwoTowerModel, build_model  # noqa: E402
 from twotower_utils.training import Trainer, evaluate_ranking  # noqa: E402
 
@@ -32,7 +33,6 @@ def train_member(system, model, config: Config, name: str, resume: bool, callbac
     Returns `(result, early-stopped model, final model)`; the final model is a fresh
     one trained on train + validation when `training.refit_with_validation` is set.
     """
-
     data = system.data
     validation = data.interactions("validation")
     trainer = Trainer(
@@ -48,12 +48,10 @@ def train_member(system, model, config: Config, name: str, resume: bool, callbac
     result.extra.update(refit_epochs=result.best_epoch, refit_seconds=seconds)
     return result, model, refitted
 
+
 def refit(system, config: Config, epochs: int, name: str, resume: bool):
     """A fresh model trained on train + validation for `epochs`; returns it and the
     seconds it took."""
-    from dataclasses import replace
-
-
     data = system.data
     both = pd.concat([data.train, data.validation], ignore_index=True)
     refit_data = replace(data, train=both, validation=data.validation.iloc[:0],
@@ -68,6 +66,7 @@ def refit(system, config: Config, epochs: int, name: str, resume: bool):
         log_dir=config.path("logs_dir") / name / "refit", log=system.log)
     return model, trainer.fit(resume=resume).seconds
 
+
 def validation_candidates(system) -> np.ndarray:
     """Items ranked on validation: those seen in training, or, for the cold-items split
     (whose validation items are unseen in training too), the validation items, as the
@@ -77,10 +76,10 @@ def validation_candidates(system) -> np.ndarray:
                              else "train")
     return np.asarray(seen.sum(axis=0)).ravel() > 0
 
+
 def ensemble_summary(system, results: list, early_stopped: list) -> dict:
     """Members' best epochs and metrics, and the joined early-stopped members' metric
     on validation (what `ensemble_size` is judged by)."""
-
     data, metric = system.data, results[0].metric
     joined = join_members(early_stopped, data, system.config)
     k = int(metric.split("@")[1])
@@ -88,7 +87,7 @@ def ensemble_summary(system, results: list, early_stopped: list) -> dict:
                              validation_candidates(system), (k,),
                              (metric.split("@")[0],))[metric]
     system.log(f"ensemble of {len(results)}: validation {metric} {value:.4f} (members "
-             + ", ".join(f"{r.best_metric:.4f}" for r in results) + ")")
+               + ", ".join(f"{r.best_metric:.4f}" for r in results) + ")")
     return {"member_best_epochs": [r.best_epoch for r in results],
             f"member_val_{metric}": [r.best_metric for r in results],
             f"ensemble_val_{metric}": value,
@@ -103,9 +102,6 @@ def member_config(config: Config, member: int) -> Config:
     """The configuration ensemble member `member` trains with: one member, its entry of
     `model.ensemble_member_overrides` (if any) applied, and the seed
     `training.seed + 1000 * member`."""
-    from dataclasses import replace
-
-    from twotower_utils.config import SINGLE_MEMBER
 
     member_overrides = config.model.ensemble_member_overrides
     extra = member_overrides[member] if member < len(member_overrides) else {}
@@ -121,8 +117,6 @@ def join_members(members: list[TwoTowerModel], data, config: Config) -> TwoTower
     tables are the members' tables concatenated (member m is slice m) and member m's layers
     carry member m's weights, so its embeddings are the members' embeddings concatenated.
     """
-    from dataclasses import replace
-
     joined = build_model(data, replace(config, model=replace(config.model,
                                                              ensemble_size=len(members))))
     for side in ("user_tower", "item_tower"):

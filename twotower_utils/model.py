@@ -113,7 +113,7 @@ class Tower(tf.keras.Model):
         dim = config.embedding_dim
         # Members share nothing: every table is `members` slices wide, one per member, and
         # each member has its own layers (see the module docstring).
-        self.members = members = int(getattr(config, "ensemble_size", 1))
+        self.members = members = config.ensemble_size
         self.side = side
         self.specs = [dict(spec) for spec in specs]
         self.normalize = config.similarity == "cosine"
@@ -250,8 +250,8 @@ class TwoTowerModel(tfrs.models.Model):
         self.logq_correction = bool(train.logq_correction)
         self.temperature = float(model.temperature)
         self.l2 = float(model.l2_regularization)
-        self.members = int(getattr(model, "ensemble_size", 1))
-        self.softmax_negatives = int(getattr(train, "softmax_negatives", 0))
+        self.members = model.ensemble_size
+        self.softmax_negatives = train.softmax_negatives
         if self.loss_name == "bce" and self.num_negatives == 0 and not self.in_batch_negatives:
             raise ValueError(f"data.num_negatives = 0 with training.loss = {self.loss_name!r} "
                              "and no in-batch "

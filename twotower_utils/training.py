@@ -102,15 +102,14 @@ class PairSampler(tf.Module):
         `MAX_REJECTION_ROUNDS` rounds); a draw still colliding after that (only for users
         who have nearly every item) is marked invalid, to be left out of the loss.
         """
-        draw = self.draw
         users = tf.reshape(users, [-1])
-        items = draw(tf.stack([tf.size(users), k]))
+        items = self.draw(tf.stack([tf.size(users), k]))
         bad = self.is_positive(users[:, None], items)
 
         def redraw(step, items, bad):
             # Only the colliding draws are redrawn, so each round costs what is left.
             where = tf.where(bad)
-            fresh = draw(tf.shape(where)[:1])
+            fresh = self.draw(tf.shape(where)[:1])
             still = self.is_positive(tf.gather(users, where[:, 0]), fresh)
             return (step + 1, tf.tensor_scatter_nd_update(items, where, fresh),
                     tf.tensor_scatter_nd_update(bad, where, still))
@@ -334,7 +333,7 @@ class Trainer:
             stopped_early = self._patience_exhausted() and epoch < train.epochs
             epoch += 1
         best_epoch = int(self.state["best_epoch"].numpy())
-        if best_epoch:
+        if best_epoch and self.validation is not None:  # without validation, the last is best
             tf.train.Checkpoint(model=self.model).read(self.best_prefix).expect_partial()
         if self.validation is None:
             self.log(f"trained {best_epoch} epochs without validation "
@@ -388,7 +387,8 @@ class Trainer:
             state["best_epoch"].assign(epoch)
             state["wait"].assign(0)
             state["seconds_to_best"].assign(state["seconds"].numpy())
-            tf.train.Checkpoint(model=self.model).write(self.best_prefix)
+            if self.validation is not None:
+                tf.train.Checkpoint(model=self.model).write(self.best_prefix)
         else:
             state["wait"].assign_add(1)
         state["epoch"].assign(epoch)
