@@ -13,25 +13,37 @@ part; users are scored against their test items.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from twotower_utils.baselines import DEFAULT_EASE_GRID, EASE, MostPopular, tune_ease
+from twotower_utils.baselines import (
+    DEFAULT_EASE_GRID,
+    DEFAULT_KNN_GRID,
+    EASE,
+    EASE_MAX_DIM,
+    ItemKNN,
+    MostPopular,
+    similarity_baseline,
+    tune_ease,
+    tune_item_knn,
+)
 from twotower_utils.processed import ProcessedData
 from twotower_utils.ranking import ranking_metrics
 from twotower_utils.topk import top_k_from_scores, top_k_scores
 
 EASE_GRID_FAST = (100.0, 500.0)  # FAST runs tune EASE on two values only
+KNN_GRID_FAST = (20, 100)  # and item-kNN, where it stands in, on two
 
 __all__ = ["EvalProtocol", "baseline_top_lists", "metric_table", "item_popularity",
            "user_activity", "metrics_by_user_bucket", "recall_by_item_bucket", "bucket_table",
            "item_names", "add_item_names", "pick_example_users", "example_recommendations",
            "tower_table", "training_summary", "load_embeddings", "embedding_top_list",
-           "styled_metrics", "training_record", "evaluation_record", "EASE_GRID_FAST"]
+           "styled_metrics", "training_record", "evaluation_record", "EASE_GRID_FAST",
+           "KNN_GRID_FAST"]
 
 
 class EvalProtocol:
@@ -60,32 +72,51 @@ def _full_rows(top_idx: np.ndarray, users: np.ndarray, num_users: int) -> np.nda
 
 def baseline_top_lists(data: ProcessedData, k: int, grid: Sequence[float] | None = None,
                        fast: bool = False, tune_k: int = 10,
+                       knn_grid: Sequence[int] | None = None, ease_max_dim: int = EASE_MAX_DIM,
+                       log: Callable[[str], object] | None = print,
                        ) -> tuple[dict[str, np.ndarray], dict[str, float], pd.DataFrame]:
-    """Test-time top-k lists of the baselines: most-popular and EASE (l2 tuned on validation).
+    """Test-time top-k lists of the baselines: most-popular and EASE (l2 tuned on validation),
+    or item-kNN in EASE's place past `ease_max_dim` (see `baselines.similarity_baseline`).
 
-    EASE's l2 maximises nDCG@`tune_k` on the validation split (fitted on train; never the
-    test split) over `grid` (default `DEFAULT_EASE_GRID`, or `EASE_GRID_FAST` when `fast`);
-    then both baselines are refitted on the training part and list `k` items. Returns
-    `(top_lists, fit_seconds, tuning)`: `{"most_popular": [U, k], "ease": [U, k]}` (rows of
-    users without test items are -1), seconds per model, and the tuning table (indexed by
-    l2, with a `chosen` column).
+    EASE's l2 (item-kNN's neighbour count) maximises nDCG@`tune_k` on the validation split
+    (fitted on train; never the test split) over `grid` (default `DEFAULT_EASE_GRID`, or
+    `EASE_GRID_FAST` when `fast`; `knn_grid` likewise for item-kNN); then both baselines are
+    refitted on the training part and list `k` items. `log` gets one line saying which
+    baseline ran and why (None: silent). Returns `(top_lists, fit_seconds, tuning)`:
+    `{"most_popular": [U, k], "ease" | "item_knn": [U, k]}` (rows of users without test items
+    are -1), seconds per model (refit and test lists; the tuning time is in the note), and
+    the tuning table (indexed by "l2" or "neighbours", with a `chosen` column;
+    `attrs["baseline"]` and `attrs["note"]` say which baseline and why).
     """
-    grid = tuple(grid or (EASE_GRID_FAST if fast else DEFAULT_EASE_GRID))
     protocol = EvalProtocol(data)
-    train = data.interactions("train")
-    best_l2, tuning = tune_ease(train, data.interactions("validation"), grid, k=tune_k)
-    tuning["chosen"] = tuning["l2"] == best_l2
+    train, validation = data.interactions("train"), data.interactions("validation")
+    name, note = similarity_baseline(*train.shape, max_dim=ease_max_dim)
+    started = time.perf_counter()
+    if name == "ease":
+        grid = tuple(grid or (EASE_GRID_FAST if fast else DEFAULT_EASE_GRID))
+        best, tuning = tune_ease(train, validation, grid, k=tune_k)
+        model, column = EASE(l2=best), "l2"
+    else:
+        grid = tuple(knn_grid or (KNN_GRID_FAST if fast else DEFAULT_KNN_GRID))
+        best, tuning = tune_item_knn(train, validation, grid, k=tune_k)
+        model, column = ItemKNN(neighbours=best), "neighbours"
+    tune_seconds = time.perf_counter() - started
+    note = f"{note}; {column} = {best:g} chosen on validation in {tune_seconds:.1f} s"
+    if log is not None:
+        log(note)
+    tuning["chosen"] = tuning[column] == best
     keep = [f"{m}@{tune_k}" for m in ("ndcg", "recall", "precision", "map")]
-    tuning = tuning.set_index("l2")[[*keep, "fit_seconds", "chosen"]]
+    tuning = tuning.set_index(column)[[*keep, "fit_seconds", "chosen"]]
+    tuning.attrs.update(baseline=name, note=note)
     top_lists, seconds = {}, {}
-    for name, model in (("most_popular", MostPopular()), ("ease", EASE(l2=best_l2))):
+    for key, baseline in (("most_popular", MostPopular()), (name, model)):
         started = time.perf_counter()
-        model.fit(protocol.exclude)
+        baseline.fit(protocol.exclude)
         top_idx, _ = top_k_from_scores(
-            lambda users, m=model: m.scores(protocol.users[users]), len(protocol.users), k,
+            lambda users, m=baseline: m.scores(protocol.users[users]), len(protocol.users), k,
             exclude=protocol.exclude[protocol.users], candidates=protocol.candidates)
-        top_lists[name] = _full_rows(top_idx, protocol.users, data.num_users)
-        seconds[name] = time.perf_counter() - started
+        top_lists[key] = _full_rows(top_idx, protocol.users, data.num_users)
+        seconds[key] = time.perf_counter() - started
     return top_lists, seconds, tuning
 
 
@@ -347,9 +378,16 @@ def training_record(result, models_dir: str | Path | None = None) -> dict:
 def evaluation_record(table: pd.DataFrame, fit_seconds: Mapping[str, float],
                       tuning: pd.DataFrame) -> dict:
     """What the run summary keeps of the evaluation: `{"models": {model: {metric: value}},
-    "fit_seconds", "ease_l2"}` (JSON-able)."""
+    "fit_seconds", "ease_l2", "baseline", "baseline_note"}` (JSON-able); with item-kNN in
+    EASE's place, `ease_l2` is None and `knn_neighbours` holds the chosen count."""
     chosen = tuning.index[tuning["chosen"]] if "chosen" in tuning.columns else []
-    return {"models": {model: {k: float(v) for k, v in row.items()}
-                       for model, row in table.to_dict(orient="index").items()},
-            "fit_seconds": {k: float(v) for k, v in fit_seconds.items()},
-            "ease_l2": float(chosen[0]) if len(chosen) else None}
+    value = float(chosen[0]) if len(chosen) else None
+    baseline = tuning.attrs.get("baseline", "ease")
+    record = {"models": {model: {k: float(v) for k, v in row.items()}
+                         for model, row in table.to_dict(orient="index").items()},
+              "fit_seconds": {k: float(v) for k, v in fit_seconds.items()},
+              "ease_l2": value if baseline == "ease" else None,
+              "baseline": baseline, "baseline_note": tuning.attrs.get("note")}
+    if baseline == "item_knn":
+        record["knn_neighbours"] = int(value) if value is not None else None
+    return record

@@ -1,8 +1,10 @@
-"""Non-neural baselines the two-tower model must beat (DESIGN §5): most-popular and EASE.
+"""Non-neural baselines the two-tower model must beat (DESIGN §5): most-popular, EASE and,
+where EASE does not fit, item-kNN.
 
-Both fit on a sparse user x item training matrix (row = user index, column = item index; any
+All fit on a sparse user x item training matrix (row = user index, column = item index; any
 stored value counts as an interaction) and score users as dense `[len(users), I]` arrays, so
-they plug into `twotower_utils.topk.top_k_from_scores`.
+they plug into `twotower_utils.topk.top_k_from_scores`. EASE and item-kNN score the rows of
+the matrix they were fitted on.
 """
 
 from __future__ import annotations
@@ -13,13 +15,21 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.linalg import lapack
 
 from twotower_utils.ranking import check_metrics, ranking_metrics
-from twotower_utils.topk import top_k_from_scores
+from twotower_utils.topk import _select_top_k, top_k_from_scores
 
-__all__ = ["MostPopular", "PopularityByFeature", "EASE", "DEFAULT_EASE_GRID", "tune_ease"]
+__all__ = ["MostPopular", "PopularityByFeature", "EASE", "ItemKNN", "DEFAULT_EASE_GRID",
+           "DEFAULT_KNN_GRID", "EASE_MAX_DIM", "tune_ease", "tune_item_knn",
+           "cosine_neighbours", "similarity_baseline"]
 
 DEFAULT_EASE_GRID = (50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0)
+DEFAULT_KNN_GRID = (10, 20, 50, 100, 200, 400)
+# EASE solves a dense min(users, items)-sized system: past this size one eigendecomposition
+# and the per-l2 products take minutes on a small machine (about 25 s + 7 s per l2 at 5,000
+# on 2 cores, growing as n³), so item-kNN stands in (see `similarity_baseline`).
+EASE_MAX_DIM = 5_000
 
 
 def _binary_csr(train: sp.spmatrix | sp.sparray) -> sp.csr_matrix:
@@ -110,38 +120,225 @@ class PopularityByFeature:
         return np.tile(self.scores_, (len(np.atleast_1d(user_idx)), 1))
 
 
+
+
+def _chunks(n: int, width: int) -> list[np.ndarray]:
+    """Row indices 0..n-1 in blocks of about 2**23 / width rows (about 64 MB of float64)."""
+    step = max(1, (1 << 23) // max(width, 1))
+    return [np.arange(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def _smaller_gram(x: sp.csr_matrix) -> tuple[np.ndarray, bool]:
+    """`(gram, dual)`: XXᵀ (users x users, dual = True) when users < items, else XᵀX."""
+    dual = x.shape[0] < x.shape[1]
+    return (x @ x.T if dual else x.T @ x).toarray(), dual
+
+
+def _cholesky_inverse(gram: np.ndarray, l2: float) -> np.ndarray:
+    """(gram + l2·I)⁻¹ by Cholesky: one l2 needs no eigendecomposition (several times cheaper)."""
+    a = gram + l2 * np.eye(len(gram))
+    factor, info = lapack.dpotrf(a, lower=False, overwrite_a=True)
+    if info == 0:
+        inverse, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"EASE: gram + {l2:g}·I is not positive definite")
+    upper = np.triu(inverse)
+    return upper + np.triu(upper, 1).T  # potri fills the upper triangle only
+
+
+class _EaseScorer:
+    """EASE scores `x_u B` of training rows at one l2, without the `I x I` matrix B.
+
+    `inverse` is (XXᵀ + l2·I)⁻¹ in the dual form, (XᵀX + l2·I)⁻¹ in the primal. With
+    P = (XᵀX + l2·I)⁻¹, `x_u B = x_u - (x_u P) diag(1/diag(P))`, whose entries on the user's
+    own items are those of B's zero diagonal. In the dual, X·P = (XXᵀ + l2·I)⁻¹X and
+    diag(P) = (1 - diag(Xᵀ(XXᵀ + l2·I)⁻¹X)) / l2 (Woodbury), so memory stays at users².
+    """
+
+    def __init__(self, x: sp.csr_matrix, l2: float, inverse: np.ndarray, dual: bool):
+        self.x, self.l2, self.inverse, self.dual = x, float(l2), inverse, dual
+        if dual:
+            inner = np.zeros(x.shape[1])
+            for rows in _chunks(x.shape[0], x.shape[1]):
+                inner += np.asarray(x[rows].multiply(self.xp(rows)).sum(axis=0)).ravel()
+            self.diag = (1.0 - inner) / self.l2
+        else:
+            self.diag = np.diag(inverse).copy()
+
+    def xp(self, rows: np.ndarray) -> np.ndarray:
+        """`X[rows] · P`, dense `[len(rows), I]`."""
+        if self.dual:
+            return np.asarray(self.x.T @ self.inverse[rows].T).T
+        return np.asarray(self.x[rows] @ self.inverse)
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """Scores of training rows `rows`, float64 `[len(rows), I]`."""
+        rows = np.atleast_1d(rows)
+        return self.x[rows].toarray() - self.xp(rows) / self.diag
+
+    def weights(self) -> np.ndarray:
+        """The dense `I x I` item-item matrix B (diagonal 0), for inspection only."""
+        if self.dual:
+            p = -(self.x.T @ (self.x.T @ self.inverse).T)
+            p[np.diag_indices_from(p)] += 1.0
+            p /= self.l2
+        else:
+            p = self.inverse
+        weights = p / (-np.diag(p))
+        np.fill_diagonal(weights, 0.0)
+        return weights
+
+
 class EASE:
     """Embarrassingly Shallow Autoencoder (Steck, 2019): closed-form item-item weights.
 
     `B = I - P diag(1/diag(P))` with `P = (XᵀX + l2·I)⁻¹`, so diag(B) = 0 and a user's scores
-    are `x_u B`. Memory and time are those of a dense `I x I` inverse: fine up to a few tens
-    of thousands of items.
+    are `x_u B`. Solved in the smaller of the user and item spaces: with fewer users than
+    items, the dual (users x users) form never builds an `I x I` matrix. Time grows as the
+    cube and memory as the square of min(users, items); see `similarity_baseline`.
     """
 
     def __init__(self, l2: float = 500.0) -> None:
         if l2 <= 0:
             raise ValueError(f"l2 = {l2}: expected a positive regularisation weight")
         self.l2 = float(l2)
-        self.weights_: np.ndarray | None = None
         self.train_: sp.csr_matrix | None = None
+        self._scorer: _EaseScorer | None = None
+        self._weights: np.ndarray | None = None
 
     def fit(self, train: sp.spmatrix | sp.sparray) -> EASE:
-        """Solve for the item-item weights on `train` (sparse `[U, I]`); returns self."""
+        """Solve EASE on `train` (sparse `[U, I]`, whose rows are the users `scores` takes);
+        returns self."""
         x = _binary_csr(train)
-        gram = (x.T @ x).toarray()
-        gram[np.diag_indices_from(gram)] += self.l2
-        precision = np.linalg.inv(gram)
-        weights = precision / (-np.diag(precision))
-        np.fill_diagonal(weights, 0.0)
-        self.weights_ = weights
-        self.train_ = x
+        gram, dual = _smaller_gram(x)
+        self._scorer = _EaseScorer(x, self.l2, _cholesky_inverse(gram, self.l2), dual)
+        self.train_, self._weights = x, None
         return self
+
+    @property
+    def weights_(self) -> np.ndarray | None:
+        """The item-item matrix B, dense `[I, I]`, built on first access (None before fit)."""
+        if self._scorer is not None and self._weights is None:
+            self._weights = self._scorer.weights()
+        return self._weights
 
     def scores(self, user_idx: np.ndarray) -> np.ndarray:
         """Scores `x_u B` from the users' training rows, float64 `[len(user_idx), I]`."""
-        if self.weights_ is None or self.train_ is None:
+        if self._scorer is None:
             raise RuntimeError("EASE.scores called before fit")
-        return np.asarray(self.train_[np.atleast_1d(user_idx)] @ self.weights_)
+        return self._scorer.scores(user_idx)
+
+
+class ItemKNN:
+    """Item-kNN: cosine similarity of items' training users, `neighbours` kept per item.
+
+    sim(i, j) = |users(i) ∩ users(j)| / sqrt(|users(i)| |users(j)|); each item keeps its
+    `neighbours` most similar other items (ties to the lower index; similarity 0 is no
+    neighbour) in a sparse `[I, I]` matrix S, and a user's scores are `x_u S`: the summed
+    similarity of each item to the user's items. Memory is `I x neighbours`, so it scales
+    where EASE's dense inverse does not.
+    """
+
+    def __init__(self, neighbours: int = 100) -> None:
+        if int(neighbours) != neighbours or neighbours < 1:
+            raise ValueError(f"neighbours = {neighbours!r}: expected an integer >= 1")
+        self.neighbours = int(neighbours)
+        self.similarity_: sp.csr_matrix | None = None
+        self.train_: sp.csr_matrix | None = None
+
+    def fit(self, train: sp.spmatrix | sp.sparray,
+            similarity: sp.csr_matrix | None = None) -> ItemKNN:
+        """Fit on `train` (sparse `[U, I]`); `similarity`, if given, is `cosine_neighbours`
+        of the same matrix with at least `neighbours` per item (tuning reuses it). Returns self."""
+        x = _binary_csr(train)
+        similarity = cosine_neighbours(x, self.neighbours) if similarity is None else similarity
+        self.similarity_, self.train_ = _first_per_row(similarity, self.neighbours), x
+        return self
+
+    def scores(self, user_idx: np.ndarray) -> np.ndarray:
+        """Scores `x_u S` from the users' training rows, float64 `[len(user_idx), I]`."""
+        if self.similarity_ is None or self.train_ is None:
+            raise RuntimeError("ItemKNN.scores called before fit")
+        return (self.train_[np.atleast_1d(user_idx)] @ self.similarity_).toarray()
+
+
+def cosine_neighbours(train: sp.spmatrix | sp.sparray, neighbours: int) -> sp.csr_matrix:
+    """Each item's `neighbours` most cosine-similar other items over the training users.
+
+    Takes sparse `[U, I]` interactions. Returns csr `[I, I]`: row i holds item i's neighbours,
+    most similar first (ties to the lower index), similarity > 0 only. Items are processed
+    in blocks so the dense scratch stays at about 64 MB whatever the catalogue size.
+    """
+    x = _binary_csr(train)
+    counts = np.asarray(x.sum(axis=0)).ravel()
+    scale = np.divide(1.0, np.sqrt(counts), out=np.zeros_like(counts), where=counts > 0)
+    by_item = (x @ sp.diags(scale)).T.tocsr()  # [I, U], unit-norm rows
+    by_user = by_item.T.tocsr()
+    n_items, width = x.shape[1], min(int(neighbours), x.shape[1])
+    indices, values = [], []
+    for rows in _chunks(n_items, n_items):
+        block = (by_item[rows] @ by_user).toarray()
+        block[np.arange(len(rows)), rows] = -np.inf  # an item is not its own neighbour
+        block[block <= 0.0] = -np.inf
+        top, _ = _select_top_k(block, width)
+        top_values = block[np.arange(len(rows))[:, None], top]
+        indices.append(top)
+        values.append(top_values)
+    top, top_values = np.vstack(indices), np.vstack(values)
+    keep = np.isfinite(top_values)  # finite values come first in each row
+    indptr = np.r_[0, np.cumsum(keep.sum(axis=1))]
+    return sp.csr_matrix((top_values[keep], top[keep], indptr), shape=(n_items, n_items))
+
+
+def _first_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """The first `n` stored entries of each row (the `n` nearest, as `cosine_neighbours`
+    orders them)."""
+    lengths = np.diff(matrix.indptr)
+    position = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], lengths)
+    keep = position < n
+    indptr = np.r_[0, np.cumsum(np.minimum(lengths, n))]
+    return sp.csr_matrix((matrix.data[keep], matrix.indices[keep], indptr), shape=matrix.shape)
+
+
+def similarity_baseline(num_users: int, num_items: int, max_dim: int = EASE_MAX_DIM
+                        ) -> tuple[str, str]:
+    """Which similarity baseline fits a catalogue: `("ease" | "item_knn", reason)`.
+
+    EASE while min(users, items) <= `max_dim` (it solves in the smaller space, in time ~ n³
+    and memory ~ n²); past it item-kNN stands in. The reason is a sentence for reports.
+    """
+    side = min(num_users, num_items)
+    if side <= max_dim:
+        form = ("dual form (users x users)" if num_users < num_items
+                else "primal form (items x items)")
+        return "ease", (f"EASE, {form}: min(users, items) = {side:,} <= {max_dim:,}")
+    return "item_knn", (
+        f"item-kNN stands in for EASE: min(users, items) = {side:,} > {max_dim:,}, past which "
+        f"EASE's dense {side:,} x {side:,} solve ({8 * side**2 / 2**30:.1f} GiB a copy, time "
+        "~ n³ per l2) does not fit an interactive evaluation")
+
+
+def _validation_table(name: str, values: Sequence, make_scorer, train: sp.csr_matrix,
+                      validation: sp.spmatrix | sp.sparray, k: int, metric: str,
+                      candidates: np.ndarray | None) -> tuple[float, pd.DataFrame]:
+    """Score the validation users with `make_scorer(value) -> scores_fn` for each value."""
+    check_metrics([metric])
+    validation = sp.csr_matrix(validation)
+    if candidates is None:
+        candidates = np.asarray((train != 0).sum(axis=0)).ravel() > 0
+    rows = []
+    for value in values:
+        started = time.perf_counter()
+        score_fn = make_scorer(value)
+        fit_seconds = time.perf_counter() - started
+        # Every user is listed, not only those with validation items: coverage counts all.
+        top_idx, _ = top_k_from_scores(score_fn, train.shape[0], k, exclude=train,
+                                       candidates=candidates)
+        rows.append({name: value, **ranking_metrics(top_idx, validation, (k,),
+                                                    num_items=int(candidates.sum())),
+                     "fit_seconds": fit_seconds})
+    table = pd.DataFrame(rows)
+    return table.loc[table[f"{metric}@{k}"].idxmax(), name], table
 
 
 def tune_ease(
@@ -154,6 +351,9 @@ def tune_ease(
 ) -> tuple[float, pd.DataFrame]:
     """Pick EASE's l2 on a validation split (never the test split).
 
+    One eigendecomposition of the smaller Gram matrix (users x users when users < items)
+    serves every l2: (G + l2·I)⁻¹ = V diag(1/(w + l2)) Vᵀ. Scores equal `EASE(l2)`'s.
+
     Args:
         train: sparse `[U, I]` interactions EASE is fitted on; also excluded from the lists.
         validation: sparse `[U, I]` held-out items the lists are scored against.
@@ -163,27 +363,52 @@ def tune_ease(
 
     Returns:
         `(best_l2, table)`: the first l2 with the highest metric, and a DataFrame with one row
-        per l2 (column "l2", every metric at k, "fit_seconds").
+        per l2 (column "l2", every metric at k, "fit_seconds" for that l2's solve); the
+        shared eigendecomposition's seconds are in `table.attrs["decomposition_seconds"]`.
     """
-    check_metrics([metric])
-    train = sp.csr_matrix(train)
-    if candidates is None:
-        candidates = np.asarray((train != 0).sum(axis=0)).ravel() > 0
-    rows = []
-    for l2 in grid:
-        started = time.perf_counter()
-        model = EASE(l2=l2).fit(train)
-        fit_seconds = time.perf_counter() - started
-        top_idx, _ = top_k_from_scores(
-            model.scores, train.shape[0], k, exclude=train, candidates=candidates
-        )
-        rows.append(
-            {
-                "l2": float(l2),
-                **ranking_metrics(top_idx, validation, (k,), num_items=int(candidates.sum())),
-                "fit_seconds": fit_seconds,
-            }
-        )
-    table = pd.DataFrame(rows)
-    best = float(table.loc[table[f"{metric}@{k}"].idxmax(), "l2"])
-    return best, table
+    x = _binary_csr(train)
+    started = time.perf_counter()
+    gram, dual = _smaller_gram(x)
+    eigenvalues, eigenvectors = np.linalg.eigh(gram)
+    del gram
+    eigenvalues = np.clip(eigenvalues, 0.0, None)  # a Gram matrix is PSD; drop rounding
+    decomposition_seconds = time.perf_counter() - started
+
+    def make_scorer(l2: float):
+        inverse = (eigenvectors / (eigenvalues + l2)) @ eigenvectors.T
+        return _EaseScorer(x, l2, inverse, dual).scores
+
+    best, table = _validation_table("l2", [float(v) for v in grid], make_scorer, x,
+                                    validation, k, metric, candidates)
+    table.attrs.update(decomposition_seconds=decomposition_seconds,
+                       form="dual" if dual else "primal")
+    return float(best), table
+
+
+def tune_item_knn(
+    train: sp.spmatrix | sp.sparray,
+    validation: sp.spmatrix | sp.sparray,
+    grid: Sequence[int] = DEFAULT_KNN_GRID,
+    k: int = 10,
+    metric: str = "ndcg",
+    candidates: np.ndarray | None = None,
+) -> tuple[int, pd.DataFrame]:
+    """Pick item-kNN's neighbour count on a validation split, as `tune_ease` picks l2.
+
+    The similarities are computed once, for the largest count, and cut for the others.
+    Takes the arguments of `tune_ease` (`grid`: neighbour counts). Returns `(best, table)`:
+    the first count with the highest metric and one row per count (column "neighbours",
+    every metric at k, "fit_seconds"; the shared similarity's in `attrs["similarity_seconds"]`).
+    """
+    x = _binary_csr(train)
+    started = time.perf_counter()
+    similarity = cosine_neighbours(x, max(grid))
+    similarity_seconds = time.perf_counter() - started
+
+    def make_scorer(n: int):
+        return ItemKNN(n).fit(x, similarity).scores
+
+    best, table = _validation_table("neighbours", [int(v) for v in grid], make_scorer, x,
+                                    validation, k, metric, candidates)
+    table.attrs["similarity_seconds"] = similarity_seconds
+    return int(best), table

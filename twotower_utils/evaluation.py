@@ -1,5 +1,8 @@
 """Ranking metrics, baselines and comparison tables (DESIGN §5), numpy/scipy/pandas only.
 
+The baselines (most-popular, EASE, item-kNN) live in `twotower_utils.baselines` and are
+re-exported here.
+
 Two ways to score the same recommendations, which agree exactly:
 
 - the DataFrame API (`precision_at_k`, `recall_at_k`, `ndcg_at_k`, `mean_average_precision`,
@@ -31,10 +34,15 @@ import pandas as pd
 
 from twotower_utils.baselines import (
     DEFAULT_EASE_GRID,
+    DEFAULT_KNN_GRID,
     EASE,
+    EASE_MAX_DIM,
+    ItemKNN,
     MostPopular,
     PopularityByFeature,
+    similarity_baseline,
     tune_ease,
+    tune_item_knn,
 )
 from twotower_utils.ranking import METRICS, check_k_values, check_metrics, ranking_metrics
 from twotower_utils.ranking import user_metrics as _user_metrics
@@ -59,6 +67,11 @@ __all__ = [
     "PopularityByFeature",
     "EASE",
     "tune_ease",
+    "ItemKNN",
+    "tune_item_knn",
+    "DEFAULT_KNN_GRID",
+    "EASE_MAX_DIM",
+    "similarity_baseline",
     "compare_models",
 ]
 
