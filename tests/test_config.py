@@ -37,7 +37,9 @@ def test_feature_declarations_are_replaced_whole_by_an_override(project_root):
 def test_paths_resolve_against_the_config_directory(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     config = load_config(tmp_path / "config.json")
-    assert config.processed_dir() == tmp_path / "data" / "processed" / "movielens-100k"
+    # Processed data is keyed by the data settings' fingerprint (runs own their data).
+    assert config.processed_dir().parent == tmp_path / "data" / "processed"
+    assert config.processed_dir().name.startswith("movielens-100k-")
     assert config.path("models_dir") == tmp_path / "models"
 
 
@@ -110,3 +112,11 @@ def test_config_is_immutable_and_with_overrides_revalidates():
     assert config.with_overrides({"training.epochs": 3}).training.epochs == 3
     with pytest.raises(ConfigError):
         config.with_overrides({"training.epochs": 0})
+
+
+@pytest.mark.parametrize("key", ["training.learning_rate", "model.l2_regularization",
+                                 "data.split.train_ratio", "data.popularity_alpha"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused(project_root, key, value):
+    with pytest.raises(ConfigError, match=rf"{key} = .*finite number"):
+        load_config(project_root / "config.json", {key: value})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -189,8 +190,11 @@ class Config:
         return value if value.is_absolute() else (self.root / value).resolve()
 
     def processed_dir(self) -> Path:
-        """`data/processed/<dataset>/` for the configured dataset."""
-        return self.path("processed_dir") / self.data.dataset
+        """`data/processed/<dataset>-<fingerprint>/`: the processed data these settings make
+        (see `twotower_utils.fingerprint`; runs with equal data settings share it)."""
+        from twotower_utils.fingerprint import data_fingerprint
+
+        return self.path("processed_dir") / f"{self.data.dataset}-{data_fingerprint(self).digest}"
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-able data, in the shape of config.json."""
@@ -325,6 +329,8 @@ def _type_error(value: Any, hint: Any) -> str | None:
         return None if ok else "expected an integer"
     if hint is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            return "expected a finite number (NaN and infinity are never valid here)"
         return None if ok else "expected a number"
     if hint is str:
         return None if isinstance(value, str) else "expected a string"

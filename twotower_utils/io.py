@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +23,11 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_stale_temporaries(target)
+    # The pid in the name lets a later write tell an abandoned staging folder (its writer
+    # was killed) from one being written right now.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-",
+                                    dir=target.parent))
     try:
         yield staging
     except BaseException:
@@ -36,6 +41,34 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     os.replace(staging, target)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def remove_stale_temporaries(target: str | Path) -> list[Path]:
+    """Delete the staging/old folders `atomic_directory` left beside `target` when its
+    writer was killed (their pid no longer runs); returns what was removed."""
+    target = Path(target)
+    removed = []
+    for path in target.parent.glob(f".{target.name}.*"):
+        match = _TEMPORARY.fullmatch(path.name[len(target.name) + 1:])
+        if match and path.is_dir() and not _running(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+_TEMPORARY = re.compile(r"\.(?:tmp|old)-(\d+)(?:-.*)?")
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

@@ -21,9 +21,11 @@ status is 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -44,8 +46,8 @@ from twotower_utils.nbtools import (
 from twotower_utils.reports import environment, write_index, write_summary
 from twotower_utils.runs import check_run_id, new_run_id, start_run
 
-__all__ = ["STAGES", "StageError", "select_stages", "parse_parameters", "run_pipeline",
-           "main"]
+__all__ = ["STAGES", "PipelineInterrupted", "StageError", "select_stages", "parse_parameters",
+           "run_pipeline", "main"]
 
 STAGES = (
     ("eda", "01_eda.ipynb"),
@@ -167,8 +169,12 @@ def run_pipeline(
     declared = _check_notebook_parameters(notebooks_dir, selected, params)
     settings = _Settings(kernel_name or ensure_kernel(), cell_timeout, render, log_output,
                          notebooks_dir)
-    run = start_run(config_path, overrides, check_run_id(run_id) if run_id else
+    run = start_run(config_path, overrides, check_run_id(run_id) if run_id is not None else
                     new_run_id(probe.dataset, fast), fast)
+    if "preprocessing" not in selected and set(selected) & {"training", "evaluation",
+                                                              "embeddings"}:
+        # Refuse before any kernel starts: these stages would read another run's data.
+        run.check_data(model="training" not in selected)
     # TensorFlow's C++ start-up chatter (CPU features, missing CUDA) is noise in a report.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     previous = _previous_summary(run.reports_dir)
@@ -183,11 +189,15 @@ def run_pipeline(
     timings = dict(summary.get("timings", {}))
     log(f"run {run.run_id}: stages {', '.join(selected)} -> {run.reports_dir}")
     started = time.perf_counter()
+    name = selected[0]
     try:
         for position, name in enumerate(selected, start=1):
             notebook = settings.notebooks_dir / dict(STAGES)[name]
             values = {"CONFIG_PATH": str(run.config_path), "OVERRIDES": overrides,
                       "RUN_ID": run.run_id, "FAST": fast}
+            if "RESUME" in declared[notebook.name]:
+                # Continuing a run past its data stage picks training up at its checkpoint.
+                values["RESUME"] = bool(previous) and "preprocessing" not in selected
             values.update({k: v for k, v in params.items() if k in declared[notebook.name]})
             record = {"name": name, "notebook": notebook.name, "status": "running"}
             stage_records[name] = record
@@ -205,15 +215,20 @@ def run_pipeline(
             log(f"done in {record['seconds']:.1f} s")
         summary["status"] = "ok"
     except StageError as err:
-        stage_records[name]["status"] = "failed"
-        summary["status"] = "failed"
         summary["failure"] = {"notebook": err.notebook, "cell": err.cell,
                               "exec_count": err.exec_count, "message": err.error}
-        log("FAILED")
-        raise
-    except KeyboardInterrupt:
-        summary["status"] = "interrupted"
-        raise
+        if not _is_interruption(err):
+            stage_records[name]["status"] = summary["status"] = "failed"
+            log("FAILED")
+            raise
+        _mark_interrupted(summary, stage_records[name], run.run_id, err.error)
+        log("INTERRUPTED")
+        raise PipelineInterrupted(run.run_id, name, err.error) from None
+    except KeyboardInterrupt as err:
+        reason = str(err) or "KeyboardInterrupt"
+        _mark_interrupted(summary, stage_records[name], run.run_id, reason)
+        log("INTERRUPTED")
+        raise PipelineInterrupted(run.run_id, name, reason) from None
     finally:
         # total = the notebooks' times, also when stages of a run were (re)run separately;
         # this_invocation = wall time of this call, HTML rendering included.
@@ -223,10 +238,64 @@ def run_pipeline(
         summary["timings"] = timings
         order = [n for n, _ in STAGES]
         summary["stages"] = sorted(stage_records.values(), key=lambda s: order.index(s["name"]))
+        if run.data_record_path.is_file():
+            summary["data_fingerprint"] = json.loads(run.data_record_path.read_text())
         path = write_summary(run.reports_dir, summary)
         index = write_index(reports_root)
         log(f"summary: {path}\nindex:   {index}")
     return summary | {"metrics": _read_metrics(path)}
+
+
+class PipelineInterrupted(KeyboardInterrupt):
+    """The run stopped on SIGINT/SIGTERM or a dead kernel; its summary says `interrupted`."""
+
+    def __init__(self, run_id: str, stage: str, reason: str):
+        super().__init__(reason)
+        self.run_id, self.stage, self.reason = run_id, stage, reason
+
+    def hint(self) -> str:
+        """One line: what happened and the command that continues the run."""
+        return (f"run {self.run_id} interrupted during {self.stage} ({self.reason}); "
+                f"continue it with: make run ARGS=\"--from-stage {self.stage} "
+                f"--run-id {self.run_id}\"")
+
+
+def _is_interruption(err: StageError) -> bool:
+    """A cell stopped by Ctrl-C (the kernel shares the terminal's SIGINT) or a kernel that
+    died (killed, out of memory) is an interruption to continue, not a bug in the stage."""
+    return err.error.startswith(("KeyboardInterrupt", "DeadKernelError"))
+
+
+def _mark_interrupted(summary: dict, record: dict, run_id: str, reason: str) -> None:
+    summary["status"] = record["status"] = "interrupted"
+    summary["interrupted"] = {"stage": record["name"], "reason": reason,
+                              "continue": f"--from-stage {record['name']} --run-id {run_id}"}
+
+
+class _SignalsAsInterrupts:
+    """Within the block, SIGTERM (and SIGINT) raise KeyboardInterrupt naming the signal, so
+    a killed pipeline still writes its summary; the previous handlers come back after."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.previous = {}
+        for number in self.SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: leave them alone
+                self.previous[number] = signal.signal(number, self._raise)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        return False
+
+    @staticmethod
+    def _raise(number, _frame):
+        # Ignore repeats while the summary is being written.
+        for again in _SignalsAsInterrupts.SIGNALS:
+            signal.signal(again, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(number).name)
 
 
 def _render(executed: Path, record: dict[str, Any], log) -> None:
@@ -329,8 +398,13 @@ def main(argv: list[str] | None = None) -> int:
             probe = start_run(args.config, overrides, "index", create=False)
             print(write_index(probe.config.path("reports_dir")))
             return 0
-        run_pipeline(args.config, overrides, params, args.run_id, args.stage, args.from_stage,
-                     args.cell_timeout, not args.no_html, args.log_output, args.kernel)
+        with _SignalsAsInterrupts():
+            run_pipeline(args.config, overrides, params, args.run_id, args.stage,
+                         args.from_stage, args.cell_timeout, not args.no_html,
+                         args.log_output, args.kernel)
+    except PipelineInterrupted as err:
+        print(f"\n{err.hint()}", file=sys.stderr)
+        return 130
     except StageError as err:
         print(f"\npipeline stopped: {err}", file=sys.stderr)
         print(f"the executed notebook, with the error, is kept at {err.output}"

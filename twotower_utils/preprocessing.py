@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from twotower_utils.config import Config, load_config
 from twotower_utils.features import FeatureEncoder
+from twotower_utils.fingerprint import FINGERPRINT_FILE, data_fingerprint
 from twotower_utils.io import atomic_directory, write_json
 from twotower_utils.processed import ProcessedData, load_processed
 from twotower_utils.sampling import sample_negatives
@@ -57,7 +58,8 @@ class DataPreprocessor:
 
     @property
     def output_dir(self) -> Path:
-        """Where `save_processed_data` writes: `data/processed/<dataset>/`."""
+        """Where `save_processed_data` writes: `data/processed/<dataset>-<fingerprint>/`
+        (`twotower_utils.fingerprint`: runs with the same data settings share it)."""
         return self.config.processed_dir()
 
     # ---------------------------------------------------------------- load
@@ -153,7 +155,7 @@ class DataPreprocessor:
         """Write splits, negatives, vocabularies, feature tables/specs, history and stats.
 
         Everything goes to a temporary directory first and replaces `directory` (default
-        `data/processed/<dataset>/`) in one rename, so a failure midway leaves the previous
+        `output_dir`) in one rename, so a failure midway leaves the previous
         processed data intact. Returns the directory.
         """
         if self.negatives is None:
@@ -173,6 +175,8 @@ class DataPreprocessor:
                      shape=np.asarray(history.shape))
             self.timings["save"] = time.perf_counter() - started
             write_json(staging / "stats.json", self.stats())
+            # Written last: later stages compare it with their own settings before reading.
+            write_json(staging / FINGERPRINT_FILE, data_fingerprint(self.config).to_dict())
         return target
 
     def run(self) -> Path:

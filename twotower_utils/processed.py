@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from twotower_utils.features import FeatureEncoder
+from twotower_utils.fingerprint import FINGERPRINT_FILE
 from twotower_utils.io import read_json
 
 REQUIRED_FILES = (
@@ -40,6 +41,7 @@ class ProcessedData:
     feature_specs: dict[str, list[dict[str, Any]]]
     history: sp.csr_matrix
     stats: dict[str, Any]
+    fingerprint: dict[str, Any] | None = None  # fingerprint.json: the settings that made it
     _user_index: dict[str, int] = field(default_factory=dict, repr=False)
     _item_index: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -124,4 +126,6 @@ def load_processed(directory: str | Path) -> ProcessedData:
         feature_specs=read_json(directory / "feature_specs.json"),
         history=history,
         stats=read_json(directory / "stats.json"),
+        fingerprint=(read_json(directory / FINGERPRINT_FILE)
+                     if (directory / FINGERPRINT_FILE).is_file() else None),
     )

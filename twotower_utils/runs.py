@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from twotower_utils.config import Config, load_config
+from twotower_utils.fingerprint import FINGERPRINT_FILE, data_fingerprint, describe_differences
 from twotower_utils.io import read_json, write_json
 
 __all__ = ["FAST_OVERRIDES", "DEFAULT_RUN_ID", "Run", "start_run", "new_run_id",
@@ -34,11 +35,15 @@ DEFAULT_RUN_ID = "lab"  # notebooks opened by hand share this run, so 03 finds w
 _RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-def check_run_id(run_id: str) -> str:
-    """Return `run_id` if it is a safe directory name, else raise ValueError naming RUN_ID."""
-    if not isinstance(run_id, str) or not _RUN_ID_PATTERN.match(run_id):
+def check_run_id(run_id: str, name: str = "RUN_ID") -> str:
+    """Return `run_id` if it is a safe directory name, else raise ValueError naming `name`.
+
+    Safe: 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit (so never
+    '.', '..', a hidden name or a path with separators).
+    """
+    if not isinstance(run_id, str) or not _RUN_ID_PATTERN.fullmatch(run_id):
         raise ValueError(
-            f"RUN_ID = {run_id!r}: expected 1-100 letters, digits, '.', '_' or '-', starting "
+            f"{name} = {run_id!r}: expected 1-100 letters, digits, '.', '_' or '-', starting "
             "with a letter or digit (it names directories under models/ and reports/)"
         )
     return run_id
@@ -71,7 +76,47 @@ class Run:
 
     @property
     def processed_dir(self) -> Path:
-        """`data/processed/<dataset>/`: written by notebook 02, read by 03-05."""
+        """The processed data of this run (written by notebook 02, read by 03-05), after
+        `check_data(model=True)`: raises ValueError when this stage's data settings differ
+        from the ones the run (or its trained model) was made from."""
+        return self.check_data(model=True)
+
+    @property
+    def data_record_path(self) -> Path:
+        """`reports/<run_id>/data.json`: the fingerprint of the data this run was made from."""
+        return self.reports_dir / "data.json"
+
+    def bind_data(self) -> Path:
+        """Record the current data settings as this run's data (the data stage does this);
+        returns the processed-data directory."""
+        fingerprint = data_fingerprint(self.config)
+        self.reports_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.data_record_path, fingerprint.to_dict()
+                   | {"directory": str(self.config.processed_dir())})
+        return self.config.processed_dir()
+
+    def check_data(self, model: bool = False) -> Path:
+        """The processed-data directory for this stage, refusing to mix runs.
+
+        The first stage that touches data binds it (`bind_data`); a later stage whose data
+        settings differ from the recorded ones, or (`model=True`) from those of the model
+        saved under `models/<run_id>/`, raises ValueError naming each differing key.
+        """
+        current = data_fingerprint(self.config)
+        if not self.data_record_path.is_file():
+            return self.bind_data()
+        recorded = [("run", read_json(self.data_record_path))]
+        model_record = self.models_dir / FINGERPRINT_FILE
+        if model and model_record.is_file():
+            recorded.append(("trained model", read_json(model_record)))
+        for what, payload in recorded:
+            if payload.get("digest") != current.digest:
+                changed = describe_differences(payload["settings"], current.settings)
+                raise ValueError(
+                    f"run {self.run_id!r}: the {what} was made from other data than this "
+                    f"stage's settings describe ({changed}). Pass the run's own settings "
+                    "again, start a new run id, or rerun it from the data stage "
+                    "(--from-stage preprocessing)")
         return self.config.processed_dir()
 
     @property
@@ -101,17 +146,26 @@ class Run:
         return {p.stem: read_json(p) for p in sorted(directory.glob("*.json"))}
 
     def describe(self) -> str:
-        """A few lines for the top of a notebook: run id, dataset and where files go."""
+        """A few lines for the top of a notebook: run id, dataset and where files go (paths
+        relative to the project, so a shared report does not show the machine's layout)."""
         return "\n".join([
             f"run id:          {self.run_id}" + ("  (FAST smoke-test settings)" if self.fast
                                                   else ""),
             f"dataset:         {self.dataset}",
-            f"config:          {self.config_path}",
+            f"config:          {self.relative(self.config_path)}",
             f"overrides:       {self.overrides or 'none'}",
-            f"processed data:  {self.processed_dir}",
-            f"model directory: {self.models_dir}",
-            f"reports:         {self.reports_dir}",
+            f"processed data:  {self.relative(self.config.processed_dir())}",
+            f"model directory: {self.relative(self.models_dir)}",
+            f"reports:         {self.relative(self.reports_dir)}",
         ])
+
+    def relative(self, path: str | Path) -> str:
+        """`path` relative to the config's directory when it lies inside it, else as is."""
+        path = Path(path)
+        try:
+            return str(path.resolve().relative_to(self.config.root))
+        except ValueError:
+            return str(path)
 
 
 def start_run(

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from twotower_utils.artifacts import check_run_dir
 from twotower_utils.indexes import INDEXES, ScannParams, build_index
 from twotower_utils.io import read_json, write_json
 
@@ -99,21 +100,14 @@ class ServingRun:
     candidates: np.ndarray
     config: dict[str, Any]
 
-    REQUIRED = ("config.json", "vocabularies.json", "history.npz", "candidates.npy",
-                "user_embeddings.npy", "item_embeddings.npy")
-
     @classmethod
     def from_dir(cls, run_dir: str | Path) -> ServingRun:
         """Load a run directory written by `TwoTowerRecallSystem.save`.
 
-        Raises FileNotFoundError naming the missing files.
+        Raises `RunDirectoryError` naming a missing or damaged file (`artifacts.check_run_dir`).
         """
         run_dir = Path(run_dir)
-        missing = [name for name in cls.REQUIRED if not (run_dir / name).is_file()]
-        if missing:
-            raise FileNotFoundError(f"run_dir = {str(run_dir)!r}: not a saved run (missing "
-                                    f"{', '.join(missing)}); runs are written by "
-                                    "TwoTowerRecallSystem.save()")
+        check_run_dir(run_dir)
         vocab = read_json(run_dir / "vocabularies.json")
         return cls(
             directory=run_dir,

@@ -22,8 +22,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from twotower_utils.artifacts import check_run_dir, check_save_target, write_manifest
 from twotower_utils.config import Config, config_from_dict, load_config
+from twotower_utils.fingerprint import FINGERPRINT_FILE, data_fingerprint
 from twotower_utils.io import atomic_directory, read_json, write_json
+from twotower_utils.runs import check_run_id
 
 __all__ = ["TwoTowerRecallSystem", "export_tower"]
 
@@ -64,6 +67,28 @@ def export_tower(model, side: str, path: str | Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
+def _check_feature_names(side: str, given: dict[str, Any], specs: list[dict]) -> None:
+    """ValueError naming the cold-start features this run's `side` tower does not know."""
+    known = [spec["name"] for spec in specs]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{side}_features: unknown feature(s) {unknown}; this run's {side} tower uses "
+            + (", ".join(repr(name) for name in known) if known else "no features")
+            + f" (as declared in data.{side}_features)")
+
+
+def _is_processed_for(directory: Path, config: Config) -> bool:
+    """True when `directory` holds a finished data stage made with `config`'s settings."""
+    path = directory / FINGERPRINT_FILE
+    if not ((directory / "stats.json").is_file() and path.is_file()):
+        return False
+    try:
+        return read_json(path).get("digest") == data_fingerprint(config).digest
+    except ValueError:
+        return False
+
+
 def _save_csr(path: Path, matrix: sp.csr_matrix) -> None:
     np.savez(path, indptr=matrix.indptr, indices=matrix.indices, shape=np.asarray(matrix.shape))
 
@@ -81,7 +106,8 @@ class TwoTowerRecallSystem:
     Args:
         config_path: the configuration file (config.json).
         overrides: dict of overrides merged over it (nested or dotted keys).
-        run_id: names the run (`models/<run_id>/`, checkpoints, TensorBoard logs); default
+        run_id: names the run (`models/<run_id>/`, checkpoints, TensorBoard logs): letters,
+            digits, '.', '_' and '-' (no path separators, not '.' or '..'); default
             `<dataset>-<timestamp>`. Pass the same run_id with `train_model(resume=True)` to
             continue a killed run.
         log: where progress lines go (None: silent).
@@ -91,8 +117,8 @@ class TwoTowerRecallSystem:
                  overrides: dict[str, Any] | None = None, run_id: str | None = None,
                  log=print):
         self.config: Config = load_config(config_path, overrides)
-        self.run_id = run_id or (f"{self.config.data.dataset}-"
-                                 f"{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        self.run_id = check_run_id(run_id, "run_id") if run_id is not None else (
+            f"{self.config.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         self.log = log or (lambda _line: None)
         self.data = None
         self.model = None
@@ -102,18 +128,21 @@ class TwoTowerRecallSystem:
         self.run_dir: Path | None = None
         self._user_vectors = self._item_vectors = None
         self._index: dict[str, dict[str, int]] = {}
+        self._untrained = False  # a model from build_model() that train_model() has not seen
 
     # ------------------------------------------------------------------ pipeline
     def prepare_data(self, reuse: bool = False):
         """Run the data stage (`DataPreprocessor`) and load its output.
 
-        With `reuse=True` an existing processed directory for the configured dataset is
-        loaded as it is (its split must match the config). Returns the `ProcessedData`.
+        The processed data lives in `data/processed/<dataset>-<fingerprint>/`, keyed by every
+        setting that shapes it. With `reuse=True` it is loaded when that directory holds a
+        complete data stage for exactly these settings (else the data stage runs). Returns
+        the `ProcessedData`.
         """
         from twotower_utils.preprocessing import DataPreprocessor, load_processed
 
         directory = self.config.processed_dir()
-        if not (reuse and (directory / "stats.json").is_file()):
+        if not (reuse and _is_processed_for(directory, self.config)):
             DataPreprocessor(self.config, log=self.log).run()
         self.data = load_processed(directory)
         shape = (self.data.num_users, self.data.num_items)
@@ -131,6 +160,7 @@ class TwoTowerRecallSystem:
         if self.data is None:
             self.prepare_data()
         self.model = build_model(self.data, self.config)
+        self._untrained = True
         self._user_vectors = self._item_vectors = None
         return self.model
 
@@ -207,7 +237,7 @@ class TwoTowerRecallSystem:
             raise RuntimeError("no evaluation data: a loaded run keeps only what serving "
                                "needs (its metrics are in metrics.json); call prepare_data() "
                                "first to evaluate it again")
-        self._require_model()
+        self._require_trained()
         evaluation = self.config.evaluation
         k_values = tuple(k_values or evaluation.k_values)
         metrics = tuple(metrics or evaluation.metrics)
@@ -305,8 +335,9 @@ class TwoTowerRecallSystem:
                            "new item")
         from twotower_utils.features import FeatureEncoder
 
-        self._require_model()
+        self._require_trained()
         specs = self.data.feature_specs.get("item", [])
+        _check_feature_names("item", item_features, specs)
         encoded = FeatureEncoder(specs).transform_record(item_features) if specs else {}
         return self.model.embed_new("item", encoded)
 
@@ -319,10 +350,13 @@ class TwoTowerRecallSystem:
         `user_embeddings.npy` / `item_embeddings.npy` (row = index, ids in the vocabularies),
         `weights/` (TF checkpoint of the model), `user_tower/` and `item_tower/`
         (SavedModels, signature `serving_default`), `training_history.json`,
-        `training.json` and `metrics.json` when known.
+        `training.json` and `metrics.json` when known, `fingerprint.json` (the data it was
+        trained on) and `manifest.json` (written last: it marks a complete run). The target
+        must be new, empty or a saved run (else FileExistsError: nothing is deleted).
         """
-        self._require_model()
-        target = Path(run_dir) if run_dir else self.config.path("models_dir") / self.run_id
+        self._require_trained()
+        target = check_save_target(Path(run_dir) if run_dir else
+                                   self.config.path("models_dir") / self.run_id)
         data = self.data
         with atomic_directory(target) as staging:
             write_json(staging / "config.json", self.config.to_dict())
@@ -344,6 +378,10 @@ class TwoTowerRecallSystem:
                 write_json(staging / "training.json", summary)
             if self.metrics:
                 write_json(staging / "metrics.json", self.metrics)
+            fingerprint = getattr(data, "fingerprint", None)
+            if fingerprint:
+                write_json(staging / FINGERPRINT_FILE, fingerprint)
+            write_manifest(staging, self.run_id)
         self.run_dir = target
         self.log(f"saved run to {target}")
         return target
@@ -353,9 +391,7 @@ class TwoTowerRecallSystem:
         """A saved run, ready to recommend without retraining (the model is rebuilt from the
         saved weights only when the cold-start path or evaluation needs it)."""
         run_dir = Path(run_dir)
-        if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{run_dir}: not a saved run (no config.json); runs are "
-                                    "written by TwoTowerRecallSystem.save()")
+        check_run_dir(run_dir)
         system = cls.__new__(cls)
         system.config = config_from_dict(read_json(run_dir / "config.json"), root=Path.cwd())
         system.run_id, system.run_dir, system.log = run_dir.name, run_dir, log or (lambda _: 0)
@@ -371,6 +407,7 @@ class TwoTowerRecallSystem:
         system._item_vectors = np.load(run_dir / "item_embeddings.npy")
         system.model = None
         system.training_result = None
+        system._untrained = False
         system.refitted = system.config.training.refit_with_validation
         path = run_dir / "metrics.json"
         system.metrics = read_json(path) if path.is_file() else {}
@@ -378,6 +415,12 @@ class TwoTowerRecallSystem:
         return system
 
     # ------------------------------------------------------------------ helpers
+    def _require_trained(self) -> None:
+        self._require_model()
+        if self._untrained and self.training_result is None:
+            raise RuntimeError("the model is untrained: call train_model() first (or load a "
+                               "saved run with TwoTowerRecallSystem.load(run_dir))")
+
     def _require_model(self) -> None:
         if self.model is None and self.run_dir is not None and (self.run_dir / "weights").is_dir():
             from twotower_utils.model import build_model
@@ -401,14 +444,14 @@ class TwoTowerRecallSystem:
 
     def _users(self) -> np.ndarray:
         if self._user_vectors is None:
-            self._require_model()
+            self._require_trained()
             self._user_vectors = self.model.user_embeddings(
                 np.arange(self.data.num_users), self._serving_history)
         return self._user_vectors
 
     def _items(self) -> np.ndarray:
         if self._item_vectors is None:
-            self._require_model()
+            self._require_trained()
             self._item_vectors = self.model.item_embeddings()
         return self._item_vectors
 
@@ -426,8 +469,9 @@ class TwoTowerRecallSystem:
                 "history_items=[item ids] to get cold-start recommendations")
         from twotower_utils.features import FeatureEncoder
 
-        self._require_model()
+        self._require_trained()
         specs = self.data.feature_specs.get("user", [])
+        _check_feature_names("user", user_features or {}, specs)
         encoded = FeatureEncoder(specs).transform_record(user_features or {}) if specs else {}
         items = np.asarray([self._known_index("item", i) for i in (history_items or [])],
                            np.int32)
