@@ -141,4 +141,4 @@ def test_cli_runs_the_data_stage_and_prints_a_summary(project_root, tmp_path, ca
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "split 'random'" in out and "written to" in out
-    assert (tmp_path / "processed" / "synthetic" / "stats.json").is_file()
+    assert len(list((tmp_path / "processed").glob("synthetic-*/stats.json"))) == 1
