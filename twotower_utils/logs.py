@@ -1,0 +1,68 @@
+"""Logging for the package: one logger tree under `twotower_utils`, one handler on demand.
+
+Library code never configures logging itself (that belongs to whoever runs it); it logs to
+`twotower_utils.<module>` loggers, and the data stage to `twotower_utils.data`. Notebooks and
+CLIs call `configure_logging()` once to show those messages as plain lines:
+
+    from twotower_utils.logs import configure_logging
+    configure_logging()            # INFO and above, to stderr
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import IO
+
+__all__ = ["DATA_LOGGER", "configure_logging", "is_configured", "report"]
+
+PACKAGE_LOGGER = "twotower_utils"
+DATA_LOGGER = "twotower_utils.data"  # everything the data stage drops, changes or decides
+_MARK = "_twotower_handler"  # attribute that tells our handler apart from anyone else's
+
+
+def configure_logging(level: int | str = "INFO", stream: IO[str] | None = None) -> logging.Handler:
+    """Show the package's log messages as plain lines; safe to call any number of times.
+
+    Takes a level (name such as "INFO" or a `logging` constant) and the stream to write to
+    (default `sys.stderr`, looked up at call time so a notebook kernel's stream is used).
+    Attaches one `StreamHandler` with the format `%(message)s` to the `twotower_utils`
+    logger and sets that logger's level; a second call updates the same handler instead of
+    adding another (so no line is ever shown twice by us). Returns the handler.
+    """
+    if isinstance(level, str):
+        resolved = logging.getLevelName(level.upper())
+        if not isinstance(resolved, int):
+            raise ValueError(f"logging level {level!r}: expected DEBUG, INFO, WARNING or ERROR")
+        level = resolved
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    handler = next((h for h in logger.handlers if getattr(h, _MARK, False)), None)
+    target = stream if stream is not None else sys.stderr
+    if handler is None:
+        handler = logging.StreamHandler(target)
+        setattr(handler, _MARK, True)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    else:
+        handler.setStream(target)
+    handler.setLevel(level)
+    logger.setLevel(level)
+    return handler
+
+
+def is_configured() -> bool:
+    """True when `configure_logging` has attached its handler (messages are shown already)."""
+    return any(getattr(h, _MARK, False) for h in logging.getLogger(PACKAGE_LOGGER).handlers)
+
+
+def report(notes: list[str] | None, message: str, level: int = logging.WARNING) -> str:
+    """Log `message` on the data logger at `level` and append it to `notes` (if given).
+
+    The data stage keeps what it drops or changes in the dataset's notes (they reach
+    `stats.json` and the run summary) and logs it at the same time (it reaches the terminal
+    or notebook). Returns the message.
+    """
+    logging.getLogger(DATA_LOGGER).log(level, message)
+    if notes is not None:
+        notes.append(message)
+    return message
