@@ -126,8 +126,16 @@ class DataConfig:
     user_features: dict[str, str] | None = None
     item_features: dict[str, str] | None = None
     missing_feature_rows: str = _choice("drop", "keep", default="drop")
+    # One row per (user, item) pair before the split (see rawdata.resolve_pairs): repeated
+    # rows keep the latest/first one or are refused; a pair labelled 1 and 0 is resolved or
+    # refused. Both are counted, logged and noted in stats.json.
+    duplicates: str = _choice("keep_latest", "keep_first", "error", default="keep_latest")
+    conflicting_labels: str = _choice("positive_wins", "latest_wins", "error",
+                                      default="positive_wins")
     split: SplitConfig = field(default_factory=SplitConfig)
     num_negatives: int = _number(16, lo=0)
+    # Rows of negatives.parquet (inspection and pointwise checks only; training resamples).
+    negatives_sample_size: int = _number(100_000, lo=1)
     negative_sampling: str = _choice("uniform", "popularity", default="uniform")
     popularity_alpha: float = _number(0.75, lo=0.0)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
