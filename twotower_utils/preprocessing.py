@@ -12,6 +12,8 @@ Run as a script (`python -m twotower_utils.preprocessing`) it is the data stage 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from twotower_utils.config import Config, load_config
 from twotower_utils.features import FeatureEncoder
 from twotower_utils.fingerprint import FINGERPRINT_FILE, data_fingerprint
 from twotower_utils.io import atomic_directory, write_json
+from twotower_utils.logs import PACKAGE_LOGGER, is_configured, report
 from twotower_utils.processed import ProcessedData, load_processed
 from twotower_utils.sampling import sample_negatives
 from twotower_utils.splits import split_mask
@@ -67,30 +70,42 @@ class DataPreprocessor:
         """Load and validate the configured dataset; returns the `RawDataset`.
 
         Explicit negatives (label 0) are kept aside in `self.explicit_negatives`; everything
-        downstream works on the positives. Ids become vocabularies with an out-of-vocabulary
-        slot at index 0; feature encoders are fitted on the feature tables.
+        downstream works on the positives. Duplicate and conflicting (user, item) rows are
+        resolved while loading (`data.duplicates`, `data.conflicting_labels`), so no pair can
+        reach two splits. Ids become vocabularies with an out-of-vocabulary slot at index 0;
+        feature encoders are fitted on the feature tables. What loading drops or changes is
+        logged (`twotower_utils.data`, and to `log` unless `configure_logging` shows it) and
+        kept in the notes of `stats()`.
         """
         from twotower_utils.datasets import load_dataset
 
         started = time.perf_counter()
-        raw = load_dataset(self.config)
-        labels = raw.interactions["label"].to_numpy()
-        self.positives = raw.interactions[labels == 1].reset_index(drop=True)
-        self.explicit_negatives = raw.interactions[labels == 0].reset_index(drop=True)
-        if self.positives.empty:
-            raise ValueError(f"dataset {raw.name!r}: no interactions with label 1 to learn from")
-        self.user_vocab = _vocabulary(raw.users["user_id"], raw.interactions["user_id"])
-        self.item_vocab = _vocabulary(raw.items["item_id"], raw.interactions["item_id"])
-        self.user_features = raw.user_features if self.config.model.use_user_features else {}
-        self.item_features = raw.item_features if self.config.model.use_item_features else {}
-        self.user_encoder = FeatureEncoder.fit(raw.users, self.user_features)
-        self.item_encoder = FeatureEncoder.fit(raw.items, self.item_features)
-        self._user_index = _index_lookup(self.user_vocab)
-        self._item_index = _index_lookup(self.item_vocab)
-        for frame in (self.positives, self.explicit_negatives):
-            frame["user_idx"] = self._user_index(frame["user_id"])
-            frame["item_idx"] = self._item_index(frame["item_id"])
-        self.raw = raw
+        with _forwarded(self.log):
+            raw = load_dataset(self.config,
+                               log=lambda line: report(None, line, logging.INFO))
+            labels = raw.interactions["label"].to_numpy()
+            self.positives = raw.interactions[labels == 1].reset_index(drop=True)
+            self.explicit_negatives = raw.interactions[labels == 0].reset_index(drop=True)
+            if self.positives.empty:
+                raise ValueError(
+                    f"dataset {raw.name!r}: no interactions with label 1 to learn from"
+                )
+            self.user_vocab = _vocabulary(raw.users["user_id"], raw.interactions["user_id"])
+            self.item_vocab = _vocabulary(raw.items["item_id"], raw.interactions["item_id"])
+            self.user_features = raw.user_features if self.config.model.use_user_features else {}
+            self.item_features = raw.item_features if self.config.model.use_item_features else {}
+            self.user_encoder = FeatureEncoder.fit(raw.users, self.user_features)
+            self.item_encoder = FeatureEncoder.fit(raw.items, self.item_features)
+            self._user_index = _index_lookup(self.user_vocab)
+            self._item_index = _index_lookup(self.item_vocab)
+            for frame in (self.positives, self.explicit_negatives):
+                frame["user_idx"] = self._user_index(frame["user_id"])
+                frame["item_idx"] = self._item_index(frame["item_id"])
+            self.raw = raw
+            report(None, f"dataset {raw.name}: {len(self.user_vocab):,} users, "
+                         f"{len(self.item_vocab):,} items, {len(self.positives):,} positive and "
+                         f"{len(self.explicit_negatives):,} explicit negative interactions",
+                   logging.INFO)
         self.timings["load"] = time.perf_counter() - started
         return raw
 
@@ -100,6 +115,7 @@ class DataPreprocessor:
 
         The test split follows the configured method; validation is carved out of the training
         part only, by the same method with `validation_ratio`, so test rows never inform it.
+        Returns the three frames (also stored on the object) and logs their sizes.
         """
         if self.raw is None:
             self.load_data()
@@ -112,16 +128,23 @@ class DataPreprocessor:
         self.train = train_part[keep_mask].reset_index(drop=True)
         self.validation = train_part[~keep_mask].reset_index(drop=True)
         self.test = test
+        with _forwarded(self.log):
+            report(None, f"split {split.method!r}: train {len(self.train):,}, validation "
+                         f"{len(self.validation):,}, test {len(self.test):,}", logging.INFO)
         self.timings["split"] = time.perf_counter() - started
         return self.train, self.validation, self.test
 
     # ---------------------------------------------------------------- negatives
     def generate_negatives(self) -> pd.DataFrame:
-        """Sample `data.num_negatives` negatives per training positive, saved for inspection.
+        """Sample the negatives saved for inspection (`negatives.parquet`); returns them.
 
-        Never one of the user's training positives; uniform over items seen in training, or
-        proportional to training popularity ** `popularity_alpha`; seeded by
-        `training.seed`. Training itself resamples fresh negatives every step.
+        A bounded, seeded sample of what the data stage would draw with `data.num_negatives`
+        (at least 1) negatives per training positive: at most `data.negatives_sample_size`
+        rows, drawn for training positives picked uniformly (all of them, in order, when the
+        full set is smaller). Never one of the user's training positives; uniform over items
+        seen in training, or proportional to training popularity ** `popularity_alpha`; seeded
+        by `training.seed`. Training itself resamples fresh negatives every step, so this file
+        only serves checks and pointwise evaluation (positive vs negative scores).
         """
         if self.train is None:
             self.split_data()
@@ -130,8 +153,18 @@ class DataPreprocessor:
         users = self.train["user_idx"].to_numpy()
         items = self.train["item_idx"].to_numpy()
         num_items = len(self.item_vocab) + 1
+        per_positive = max(int(data.num_negatives), 1)
+        population = len(users) * per_positive
+        size = min(int(data.negatives_sample_size), population)
+        if size == population:
+            rows = np.repeat(np.arange(len(users)), per_positive)
+        else:
+            # Which of the population's draws to make: a sample without replacement, sorted
+            # so the file follows the training order like the full set would.
+            rng = np.random.default_rng([self.config.training.seed, 1])
+            rows = np.sort(rng.choice(population, size=size, replace=False)) // per_positive
         neg_users, neg_items = sample_negatives(
-            users=np.repeat(users, data.num_negatives),
+            users=users[rows],
             positive_users=users,
             positive_items=items,
             num_items=num_items,
@@ -147,6 +180,15 @@ class DataPreprocessor:
                 "item_idx": neg_items.astype(np.int32),
             }
         )
+        self.negatives_population = population
+        self.negatives_note = None
+        if size < population:
+            with _forwarded(self.log):
+                self.negatives_note = report(
+                    None, f"negatives.parquet holds a seeded sample of {size:,} of the "
+                          f"{population:,} negatives ({per_positive} per training positive; "
+                          f"data.negatives_sample_size = {data.negatives_sample_size:,}); "
+                          "training draws its own", logging.INFO)
         self.timings["negatives"] = time.perf_counter() - started
         return self.negatives
 
@@ -219,12 +261,26 @@ class DataPreprocessor:
         return matrix
 
     def stats(self) -> dict[str, Any]:
-        """Counts, sparsity, split sizes and notes of the current state, JSON-able."""
+        """Counts, sparsity, split sizes, input hygiene and notes of the current state.
+
+        Returns a JSON-able dict (what `stats.json` holds): `input_hygiene` counts the
+        duplicate and conflicting (user, item) rows collapsed before the split, and `notes`
+        lists everything loading dropped or changed, in words.
+        """
         num_users, num_items = len(self.user_vocab), len(self.item_vocab)
-        pairs = self.positives[["user_id", "item_id"]].drop_duplicates()
+        # Indices, not id strings: at 10M interactions string sets cost seconds per call.
+        pair_keys = (self.positives["user_idx"].to_numpy(np.int64) * (num_items + 1)
+                     + self.positives["item_idx"].to_numpy(np.int64))
+        num_pairs = len(pd.unique(pair_keys))
         splits = {name: getattr(self, name) for name in ("train", "validation", "test")}
-        train_items = set(self.train["item_id"]) if self.train is not None else set()
-        train_users = set(self.train["user_id"]) if self.train is not None else set()
+        seen = {"user": np.zeros(num_users + 1, dtype=bool),
+                "item": np.zeros(num_items + 1, dtype=bool)}
+        if self.train is not None:
+            for side, mask in seen.items():
+                mask[self.train[f"{side}_idx"].to_numpy()] = True
+        hygiene = {"conflicting_pairs": 0, "conflicting_rows_removed": 0, "duplicate_pairs": 0,
+                   "duplicate_rows_removed": 0, **getattr(self.raw, "hygiene", {})}
+        note = getattr(self, "negatives_note", None)
         return {
             "dataset": self.raw.name,
             "split_method": self.config.data.split.method,
@@ -232,24 +288,61 @@ class DataPreprocessor:
             "num_items": num_items,
             "num_interactions": int(len(self.positives)),
             "num_explicit_negatives": int(len(self.explicit_negatives)),
-            "sparsity": 1.0 - len(pairs) / float(num_users * num_items),
+            "sparsity": 1.0 - num_pairs / float(num_users * num_items),
+            "input_hygiene": hygiene,
             "splits": {
                 name: {
                     "rows": int(len(frame)),
-                    "users": int(frame["user_id"].nunique()),
-                    "items": int(frame["item_id"].nunique()),
-                    "cold_users": int((~frame["user_id"].isin(train_users)).sum()),
-                    "cold_items": int((~frame["item_id"].isin(train_items)).sum()),
+                    "users": int(frame["user_idx"].nunique()),
+                    "items": int(frame["item_idx"].nunique()),
+                    "cold_users": int((~seen["user"][frame["user_idx"].to_numpy()]).sum()),
+                    "cold_items": int((~seen["item"][frame["item_idx"].to_numpy()]).sum()),
                 }
                 for name, frame in splits.items()
                 if frame is not None
             },
             "num_negatives": int(len(self.negatives)) if self.negatives is not None else 0,
+            "negatives_sampled_from": int(getattr(self, "negatives_population", 0)),
             "user_features": dict(self.user_features),
             "item_features": dict(self.item_features),
-            "notes": list(self.raw.notes),
+            "notes": list(self.raw.notes) + ([note] if note else []),
             "timings_seconds": {k: round(v, 3) for k, v in self.timings.items()},
         }
+
+
+@contextlib.contextmanager
+def _forwarded(log: Callable[[str], object] | None):
+    """Also hand the package's log messages to `log` while the block runs.
+
+    `DataPreprocessor(log=...)` predates logging: a caller that passes a callable still gets
+    every line. When `configure_logging` already shows the messages, nothing is forwarded,
+    so no line appears twice.
+    """
+    if log is None or is_configured():
+        yield
+        return
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    handler = _CallableHandler(log)
+    previous = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+class _CallableHandler(logging.Handler):
+    """A logging handler that passes each formatted message to a plain callable."""
+
+    def __init__(self, log: Callable[[str], object]):
+        super().__init__(logging.INFO)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log(record.getMessage())
 
 
 def _vocabulary(*id_columns: pd.Series) -> list[str]:
@@ -262,24 +355,35 @@ def _vocabulary(*id_columns: pd.Series) -> list[str]:
 
 
 def _index_lookup(vocab: list[str]) -> Callable[[pd.Series], np.ndarray]:
+    """A function mapping an id Series to 1-based vocabulary indices (0 = unknown id)."""
     index = pd.Index(vocab)
 
     def lookup(ids: pd.Series) -> np.ndarray:
-        positions = index.get_indexer(ids.astype(str))
+        # Look up each distinct id once: hashing 10M strings into the index took 7 s,
+        # factorizing them and indexing the few distinct ones takes about one.
+        codes, uniques = pd.factorize(ids.astype(str))
+        positions = index.get_indexer(uniques)[codes] if len(codes) else codes
+        positions = np.where(codes < 0, -1, positions)
         return (positions + 1).astype(np.int32)  # -1 (unknown) becomes 0, the OOV slot
 
     return lookup
 
 
 def summarise(stats: dict[str, Any], directory: Path) -> str:
-    """A short human-readable summary of `stats.json`, for the terminal."""
+    """A short human-readable summary of `stats.json` (a dict), for the terminal; a string."""
+    hygiene = stats.get("input_hygiene", {})
+    sampled = stats.get("negatives_sampled_from", 0)
     lines = [
         f"dataset {stats['dataset']}: {stats['num_users']:,} users, {stats['num_items']:,} items, "
         f"{stats['num_interactions']:,} positive interactions "
         f"(sparsity {stats['sparsity']:.4f})",
+        f"input hygiene: {hygiene.get('duplicate_rows_removed', 0):,} duplicate row(s) of "
+        f"{hygiene.get('duplicate_pairs', 0):,} pair(s) removed, "
+        f"{hygiene.get('conflicting_pairs', 0):,} pair(s) with conflicting labels resolved",
         f"split '{stats['split_method']}': "
         + ", ".join(f"{name} {info['rows']:,}" for name, info in stats["splits"].items()),
-        f"negatives for inspection: {stats['num_negatives']:,}",
+        f"negatives for inspection: {stats['num_negatives']:,}"
+        + (f" (a sample of {sampled:,})" if sampled > stats["num_negatives"] else ""),
         *[f"note: {note}" for note in stats["notes"]],
         f"timings (s): {stats['timings_seconds']}",
         f"written to {directory}",
