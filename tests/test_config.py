@@ -72,7 +72,7 @@ def test_paths_resolve_against_the_config_directory(tmp_path):
         ({"model.ensemble_member_overrides": [{"model.embedding_dim": 32}]},
          "model.ensemble_member_overrides[0]: model.embedding_dim cannot differ between"),
         ({"model.ensemble_member_overrides": [{"training": {"loss": "hinge"}}]},
-         "model.ensemble_member_overrides[0]: invalid configuration:   - training.loss = "
+         "model.ensemble_member_overrides[0]: training.loss = "
          "'hinge'"),
         ({"serving.scann.num_leaves_to_search": 0},
          "serving.scann.num_leaves_to_search = 0: expected a value in [1, inf)"),
@@ -120,3 +120,14 @@ def test_config_is_immutable_and_with_overrides_revalidates():
 def test_non_finite_numbers_are_refused(project_root, key, value):
     with pytest.raises(ConfigError, match=rf"{key} = .*finite number"):
         load_config(project_root / "config.json", {key: value})
+
+
+def test_a_bad_shared_key_is_reported_once_not_once_per_member(project_root):
+    with pytest.raises(ConfigError) as caught:
+        load_config(project_root / "config.json", {
+            "model.ensemble_size": 4, "model.ensemble_member_overrides": [{}, {}, {}, {}],
+            "data.item_features": {"genres": "multihot"}})
+    assert str(caught.value).count("multihot") == 1
+    with pytest.raises(ConfigError, match=r"overrides\[1\]: training.loss = 'bogus'"):
+        load_config(project_root / "config.json", {
+            "model.ensemble_member_overrides": [{}, {"training.loss": "bogus"}]})

@@ -28,7 +28,12 @@ INDEXES = ("brute_force", "scann")
 
 
 class ConfigError(ValueError):
-    """Raised when a configuration (file or overrides) is not valid; lists every problem."""
+    """Raised when a configuration (file or overrides) is not valid; lists every problem
+    (also as the list `problems`)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
 
 
 def _choice(*allowed: str, default: str) -> Any:
@@ -271,8 +276,9 @@ def config_from_dict(raw: dict[str, Any], root: Path | str = ".") -> Config:
     config = _build(Config, raw, "", problems)
     if config is not None:
         problems.extend(_cross_checks(config))
+        problems.extend(_member_problems(config, known=problems))
     if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems), problems)
     return dataclasses.replace(config, root=Path(root).resolve())
 
 
@@ -379,7 +385,9 @@ MEMBER_OVERRIDABLE = ("training.", "data.num_negatives", "data.negative_sampling
 SINGLE_MEMBER = {"model.ensemble_size": 1, "model.ensemble_member_overrides": []}
 
 
-def _member_problems(config: Config) -> list[str]:
+def _member_problems(config: Config, known: list[str]) -> list[str]:
+    """Problems of each member's configuration that the shared one does not already have
+    (`known`), so a bad shared key is reported once, not once per member."""
     model = config.model
     problems = []
     for index, overrides in enumerate(model.ensemble_member_overrides):
@@ -395,7 +403,9 @@ def _member_problems(config: Config) -> list[str]:
         try:
             config.with_overrides({**flat, **SINGLE_MEMBER})
         except ConfigError as error:
-            problems.append(f"{where}: {str(error).replace(chr(10), ' ')}")
+            own = [line for line in error.problems if line not in known]
+            if own:
+                problems.append(f"{where}: {'; '.join(own)}")
     return problems
 
 
@@ -411,7 +421,7 @@ def _flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _cross_checks(config: Config) -> list[str]:
     """Checks that involve more than one key."""
-    problems = _member_problems(config)
+    problems = []
     model, data, evaluation = config.model, config.data, config.evaluation
     if any(size < 1 for size in model.hidden_layers):
         problems.append(
