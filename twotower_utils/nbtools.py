@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["KERNEL_NAME", "StageError", "ensure_kernel", "notebook_parameters",
-           "execute_notebook", "render_html", "strip_outputs"]
+           "execute_notebook", "html_exporter", "render_html", "strip_outputs"]
 
 KERNEL_NAME = "twotower"
 
@@ -160,21 +160,41 @@ def _last_started_cell(path: Path) -> int | None:
     return max(started) if started else None
 
 
-def render_html(notebook: Path) -> tuple[Path, Path]:
-    """Render `notebook` to `<name>.html` (full) and `<name>.noinput.html` (no code cells).
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
-    Images are embedded, so each HTML file stands alone. Returns both paths.
+
+def html_exporter(hide_code: bool = False):
+    """An nbconvert HTMLExporter for the project's offline template (no CDN scripts).
+
+    Images, markdown attachments and CSS are embedded, so the page looks the same with the
+    network off; `hide_code` leaves out code cells and prompts (the shared variant).
     """
-    import nbformat
     from nbconvert import HTMLExporter
 
+    return HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES_DIR)],
+                        embed_images=True, exclude_input=hide_code,
+                        exclude_input_prompt=hide_code, exclude_output_prompt=hide_code)
+
+
+def render_html(notebook: Path, root: Path | None = None) -> tuple[Path, Path]:
+    """Render `notebook` to `<name>.html` (full) and `<name>.noinput.html` (for sharing).
+
+    Both stand alone offline and show paths relative to `root` (default: the project
+    directory above the notebook, found by its config.json). The shared variant also drops
+    code, stderr output (library warnings) and tracebacks (see `sharing.share_ready`).
+    Returns both paths.
+    """
+    import nbformat
+
+    from twotower_utils.sharing import project_root_of, redact_outputs, share_ready
+
     content = nbformat.read(str(notebook), as_version=4)
+    root = root if root is not None else project_root_of(notebook)
     resources = {"metadata": {"name": notebook.stem.replace("_", " ")}}
     paths = []
     for suffix, hide_code in ((".html", False), (".noinput.html", True)):
-        exporter = HTMLExporter(template_name="lab", exclude_input=hide_code,
-                                exclude_input_prompt=hide_code, exclude_output_prompt=hide_code)
-        body, _ = exporter.from_notebook_node(content, resources=dict(resources))
+        shown = share_ready(content, root) if hide_code else redact_outputs(content, root)
+        body, _ = html_exporter(hide_code).from_notebook_node(shown, resources=dict(resources))
         path = notebook.with_name(notebook.stem + suffix)
         path.write_text(body, encoding="utf-8")
         paths.append(path)

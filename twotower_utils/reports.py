@@ -5,12 +5,12 @@ run id, status, timings per notebook, the resolved config, the overrides and not
 parameters it ran with, the stages' recorded results (`reports/<run_id>/results/*.json`,
 written by the notebooks through `Run.record`) and the headline metrics. `index.html` is a
 static page listing every run under `reports/` with its headline metrics and links to its
-HTML reports; it is rebuilt from the summaries, so deleting a run directory drops its row.
+HTML reports (and the sweeps under `reports/sweeps/`); it is rebuilt from the summaries, so
+deleting a run directory drops its row.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import platform
 import sys
@@ -20,7 +20,7 @@ from typing import Any
 from twotower_utils.io import read_json, write_json
 
 __all__ = ["HEADLINE_METRICS", "headline_metrics", "write_summary", "read_summaries",
-           "write_index", "environment"]
+           "read_sweeps", "write_index", "environment"]
 
 # Shown in the index, for the two-tower model and, in brackets, the best baseline.
 HEADLINE_METRICS = ("ndcg@10", "precision@10", "recall@10", "map@10")
@@ -74,85 +74,88 @@ def read_summaries(reports_root: str | Path) -> list[dict[str, Any]]:
     return sorted(summaries, key=lambda s: (s.get("started", ""), s["_dir"]), reverse=True)
 
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
-h1 { margin-bottom: 0.2rem; } p.lead { color: #555; margin-top: 0; }
-table { border-collapse: collapse; font-size: 0.9rem; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.4rem 0.7rem; text-align: left;
-         vertical-align: top; }
-th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.ok { color: #1a7f37; } .failed { color: #cf222e; font-weight: bold; } .running { color: #9a6700; }
-small { color: #666; } a { color: #0969da; text-decoration: none; }
-"""
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "–"
 
 
-def _row(summary: dict[str, Any]) -> str:
+def _run_view(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the index template shows of one run (plain strings; the template escapes)."""
     run_dir = summary["_dir"]
     metrics = summary.get("metrics") or {}
     main = metrics.get(MAIN_MODEL, {})
     baselines = {m: v for m, v in metrics.items() if m != MAIN_MODEL}
     best = max(baselines, key=lambda m: baselines[m].get("ndcg@10", -1.0), default=None)
-    cells = [f"<b>{html.escape(run_dir)}</b><br><small>{html.escape(summary.get('started', ''))}"
-             f"</small>",
-             html.escape(str(summary.get("dataset", "?")))
-             + (" <small>(FAST)</small>" if summary.get("fast") else "")]
-    status = str(summary.get("status", "?"))
-    detail = summary.get("failure", {}).get("message", "") if status == "failed" else ""
-    cells.append(f'<span class="{html.escape(status)}">{html.escape(status)}</span>'
-                 + (f"<br><small>{html.escape(detail[:160])}</small>" if detail else ""))
-    total = (summary.get("timings") or {}).get("total")
-    cells.append(f"{total:.0f} s" if isinstance(total, int | float) else "–")
+    cells = []
     for metric in HEADLINE_METRICS:
-        text = _fmt(main.get(metric))
-        if best is not None and metric in baselines[best]:
-            text += f"<br><small>{html.escape(best)} {_fmt(baselines[best][metric])}</small>"
-        cells.append(text)
-    links = []
-    for stage in summary.get("stages", []):
-        if stage.get("html"):
-            share = (f' · <a href="{run_dir}/{stage["html_noinput"]}">no code</a>'
-                     if stage.get("html_noinput") else "")
-            links.append(f'<a href="{run_dir}/{stage["html"]}">{html.escape(stage["name"])}</a>'
-                         + share)
-    links.append(f'<a href="{run_dir}/summary.json">summary.json</a>')
-    cells.append("<br>".join(links))
-    classes = ["", "", "", "num"] + ["num"] * len(HEADLINE_METRICS) + [""]
-    return "<tr>" + "".join(
-        f'<td class="{c}">{cell}</td>' if c else f"<td>{cell}</td>"
-        for c, cell in zip(classes, cells, strict=True)
-    ) + "</tr>"
+        baseline = (f"{best} {_fmt(baselines[best][metric])}"
+                    if best is not None and metric in baselines[best] else "")
+        cells.append({"metric": metric, "value": main.get(metric), "main": _fmt(main.get(metric)),
+                      "baseline": baseline, "best": False})
+    status = str(summary.get("status", "?"))
+    failure = (summary.get("failure") or {}).get("message", "") if status == "failed" else ""
+    total = (summary.get("timings") or {}).get("total")
+    links = [{"name": stage["name"], "href": f"{run_dir}/{stage['html']}",
+              "noinput": f"{run_dir}/{stage['html_noinput']}" if stage.get("html_noinput")
+              else ""}
+             for stage in summary.get("stages", []) if stage.get("html")]
+    return {"dir": run_dir, "started": summary.get("started", ""),
+            "dataset": str(summary.get("dataset", "?")), "fast": bool(summary.get("fast")),
+            "status": status, "failure": failure[:160],
+            "time": f"{total:.0f} s" if isinstance(total, int | float) else "–",
+            "cells": cells, "links": links}
+
+
+def _mark_best(runs: list[dict[str, Any]]) -> None:
+    """Highlight each metric's best two-tower value across the runs (when two or more have it)."""
+    for column in range(len(HEADLINE_METRICS)):
+        values = [(r["cells"][column]["value"], r) for r in runs
+                  if isinstance(r["cells"][column]["value"], int | float)]
+        if len(values) >= 2:
+            max(values, key=lambda pair: pair[0])[1]["cells"][column]["best"] = True
+
+
+def read_sweeps(reports_root: str | Path) -> list[dict[str, Any]]:
+    """Every readable `sweeps/*/sweep.json` under `reports_root`, newest first."""
+    sweeps = []
+    for path in Path(reports_root).glob("sweeps/*/sweep.json"):
+        try:
+            sweep = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        sweep["_dir"] = f"sweeps/{path.parent.name}"
+        sweeps.append(sweep)
+    return sorted(sweeps, key=lambda s: (s.get("started", ""), s["_dir"]), reverse=True)
+
+
+def _sweep_view(sweep: dict[str, Any]) -> dict[str, Any]:
+    runs = sweep.get("runs", [])
+    return {"name": sweep.get("name", sweep["_dir"]), "started": sweep.get("started", ""),
+            "ok": sum(r.get("status") == "ok" for r in runs),
+            "failed": sum(r.get("status") != "ok" for r in runs),
+            "best": sweep.get("best") or "–",
+            "html": f"{sweep['_dir']}/{sweep['html']}" if sweep.get("html") else ""}
 
 
 def write_index(reports_root: str | Path) -> Path:
-    """Rebuild `reports_root/index.html` from every run's summary; returns its path."""
+    """Rebuild `reports_root/index.html` from every run's summary (and every sweep's record).
+
+    Rendered with jinja2 from `templates/index.html.j2`; inline CSS only, so the page opens
+    offline. Returns its path.
+    """
+    import jinja2
+
     reports_root = Path(reports_root)
     reports_root.mkdir(parents=True, exist_ok=True)
-    summaries = read_summaries(reports_root)
-    header = ["run", "dataset", "status", "time"] + [
-        f"{m}<br><small>two-tower (best baseline)</small>" for m in HEADLINE_METRICS
-    ] + ["reports"]
-    rows = "\n".join(_row(s) for s in summaries) or (
-        f'<tr><td colspan="{len(header)}">no runs yet: <code>make run</code></td></tr>')
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>twotower runs</title>
-<style>{_STYLE}</style></head>
-<body>
-<h1>twotower runs</h1>
-<p class="lead">{len(summaries)} run(s), newest first. Metrics are on the test split, computed
-over the full catalogue with each user's training items excluded; the small line under each
-value is the best baseline of the same run. Each notebook has a full report and a "no code"
-version for sharing.</p>
-<table>
-<thead><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr></thead>
-<tbody>
-{rows}
-</tbody></table>
-</body></html>
-"""
+    runs = [_run_view(s) for s in read_summaries(reports_root)]
+    _mark_best(runs)
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+                                     autoescape=True, trim_blocks=False)
+    page = environment.get_template("index.html.j2").render(
+        runs=runs, metrics=HEADLINE_METRICS,
+        sweeps=[_sweep_view(s) for s in read_sweeps(reports_root)])
     path = reports_root / "index.html"
-    path.write_text(page)
+    path.write_text(page, encoding="utf-8")
     return path
