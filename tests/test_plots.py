@@ -34,14 +34,15 @@ FIGURES = {
     "activity": lambda: plots.plot_activity_distribution(pd.Series([5, 3, 1]),
                                                          pd.Series([10, 4, 2, 1])),
     "ratings": lambda: plots.plot_rating_distribution(INTERACTIONS),
-    "ratings_missing": lambda: plots.plot_rating_distribution(INTERACTIONS.drop(columns="rating")),
     "time": lambda: plots.plot_interactions_over_time(
         pd.Series([3, 5], index=pd.to_datetime(["2020-01-06", "2020-01-13"]))),
-    "time_missing": lambda: plots.plot_interactions_over_time(pd.Series(dtype="int64")),
     "features": lambda: plots.plot_feature_distributions(
         pd.DataFrame({"age": [20, 30, 40], "genres": ["A|B", "B", "C|A"], "sex": list("MFM")}),
         {"age": "numeric", "genres": "multi_hot", "sex": "categorical"}, side="user"),
-    "no_features": lambda: plots.plot_feature_distributions(pd.DataFrame(), {}, side="item"),
+    "association": lambda: plots.plot_association(
+        pd.DataFrame(RNG.uniform(size=(3, 3)), index=list("abc"),
+                     columns=pd.Index(list("abc"), name="genre")).rename_axis("genre"),
+        "Genre co-occurrence", "share"),
     "splits": lambda: plots.plot_split_sizes(pd.DataFrame(
         {"rows": [70, 10, 20], "users": [5, 4, 5], "items": [9, 6, 8]},
         index=["train", "validation", "test"])),
@@ -54,7 +55,6 @@ FIGURES = {
     "embedding_popularity": lambda: plots.plot_embedding_2d(
         RNG.normal(size=(30, 2)), np.arange(30), "Items", "popularity", categorical=False,
         log_colour=True),
-    "embedding_unavailable": lambda: plots.plot_embedding_2d(None, list("abc"), "UMAP", "g"),
     "norms": lambda: plots.plot_norm_vs_popularity(RNG.normal(size=(30, 4)), np.arange(30)),
     "scores": lambda: plots.plot_score_distributions(RNG.normal(1, size=50), RNG.normal(size=80)),
 }
@@ -74,6 +74,29 @@ def test_every_figure_has_a_title_and_labelled_axes_and_is_closed(name):
     fig.savefig(__import__("io").BytesIO(), format="png")  # renders without error
 
 
+def test_absent_data_gives_one_sentence_not_an_empty_figure():
+    note = plots.plot_rating_distribution(INTERACTIONS.drop(columns="rating"))
+    assert isinstance(note, plots.Note) and note._repr_markdown_() == f"*{note}*"
+    assert isinstance(plots.plot_interactions_over_time(pd.Series(dtype="int64")), plots.Note)
+    assert plots.plot_feature_distributions(pd.DataFrame(), {}, side="item") is None
+    assert plots.plot_association(None, "t", "c") is None
+    assert not plt.get_fignums(), "nothing was drawn"
+
+
+def test_legends_sit_outside_the_axes():
+    for name in ("history", "comparison", "buckets", "scores", "embedding_categories"):
+        fig = FIGURES[name]()
+        fig.canvas.draw()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is None:
+                continue
+            box, frame = legend.get_window_extent(), ax.get_window_extent()
+            overlap = box.intersection(box, frame)
+            assert overlap is None or overlap.width * overlap.height < 1, \
+                f"{name}: the legend covers the plot area of {ax.get_title()!r}"
+
+
 def test_figures_refuse_bad_input_naming_the_problem():
     with pytest.raises(ValueError, match="coords must be"):
         plots.plot_embedding_2d(np.zeros((3, 3)), list("abc"), "t", "c")
@@ -87,3 +110,32 @@ def test_figures_refuse_bad_input_naming_the_problem():
         plots.plot_feature_distributions(pd.DataFrame({"a": [1]}), {"b": "numeric"}, "user")
     with pytest.raises(ValueError, match="popularity"):
         plots.plot_norm_vs_popularity(np.zeros((3, 2)), np.zeros(4))
+
+
+# ----------------------------------------------------------------------------- what they draw
+ITEMS = pd.DataFrame({"item_id": list("abcd"),
+                      "genres": ["Drama|Film-Noir", "Drama", "Comedy|Drama", "Comedy"]})
+
+
+def test_maps_colour_items_by_their_most_informative_genre_not_the_first():
+    from twotower_utils import embedding_analysis as ea
+
+    vocab = list("abcde")  # "e" has no row: unknown
+    name, specific = ea.primary_label(ITEMS, {"genres": "multi_hot"}, vocab)
+    assert name == "genres"
+    assert list(specific) == ["unknown", "Film-Noir", "Drama", "Comedy", "Comedy", "unknown"]
+    _, frequent = ea.primary_label(ITEMS, {"genres": "multi_hot"}, vocab, rule="frequent")
+    assert list(frequent[1:4]) == ["Drama", "Drama", "Drama"]
+
+
+def test_heatmap_table_and_split_wording_follow_the_data():
+    from twotower_utils import eda
+
+    matrix, title, _ = eda.feature_association(ITEMS, {"genres": "multi_hot"})
+    assert title.startswith("genres") and matrix.loc["Film-Noir", "Drama"] == 1.0
+    assert matrix.loc["Drama", "Film-Noir"] == pytest.approx(1 / 3)
+    assert np.isnan(matrix.loc["Drama", "Drama"]), "the diagonal is left out"
+    assert eda.feature_association(ITEMS, {})[0] is None
+    assert "test period" not in eda.describe_split("random")
+    assert "test period" in eda.describe_split("temporal")
+    assert isinstance(eda.feature_summary(ITEMS, {}, side="user"), plots.Note)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from twotower_utils.display import Note
 from twotower_utils.processed import ProcessedData
 from twotower_utils.rawdata import RawDataset
 
@@ -21,6 +22,8 @@ __all__ = [
     "activity_counts",
     "long_tail_table",
     "feature_summary",
+    "feature_association",
+    "describe_split",
     "interactions_per_period",
     "split_sizes",
     "preprocessing_checks",
@@ -105,13 +108,18 @@ def long_tail_table(item_counts: pd.Series,
         "top items")
 
 
-def feature_summary(table: pd.DataFrame, features: Mapping[str, str]) -> pd.DataFrame:
+def feature_summary(table: pd.DataFrame, features: Mapping[str, str],
+                    side: str = "user") -> pd.DataFrame | Note:
     """One row per declared feature: type, distinct values, missing share and a short profile.
 
-    Takes a user or item table and `{column: type}`; numeric features are profiled by
-    mean/std/min/max, categorical and multi-hot ones by their most frequent values. Indexed
-    by feature.
+    Takes a user or item table, `{column: type}` and the side's name; numeric features are
+    profiled by mean/std/min/max, categorical and multi-hot ones by their most frequent
+    values. Indexed by feature. No declared features: a `Note` saying so in one sentence.
     """
+    if not features:
+        return Note(f"This dataset declares no {side} features: the {side} tower sees the "
+                    f"{side} id" + (" (and the user's history)" if side == "user" else "")
+                    + " only, so there is nothing to profile here.")
     missing = [c for c in features if c not in table.columns]
     if missing:
         raise ValueError(f"features {missing} are not columns of the table "
@@ -139,6 +147,57 @@ def feature_summary(table: pd.DataFrame, features: Mapping[str, str]) -> pd.Data
         rows.append((column, kind, int(distinct), f"{blank.mean():.1%}", profile))
     columns = ["feature", "type", "distinct values", "missing", "profile"]
     return pd.DataFrame(rows, columns=columns).set_index("feature")
+
+
+def feature_association(table: pd.DataFrame, features: Mapping[str, str]
+                        ) -> tuple[pd.DataFrame | None, str, str]:
+    """The table behind the EDA heatmap: how a side's feature values go together.
+
+    Takes a user or item table and `{column: type}`. The first multi-hot feature (e.g. the
+    genres) gives its co-occurrence: the share of rows with the row's value that also have
+    the column's (diagonal left empty). Without one, two or more numeric features give their
+    Spearman correlations. Returns `(matrix, title, what a cell means)`, or `(None, "", "")` when
+    neither exists.
+    """
+    multi = [c for c, kind in features.items() if kind == "multi_hot" and c in table.columns]
+    numeric = [c for c, kind in features.items() if kind == "numeric" and c in table.columns]
+    if multi:
+        column = multi[0]
+        text = table[column].dropna().astype(str).str.split("|")
+        flags = pd.get_dummies(text.explode().str.strip()).groupby(level=0).max()
+        flags = flags.loc[:, [c for c in flags.columns if c]].astype(float)
+        together = flags.T @ flags
+        share = together.div(np.maximum(np.diag(together), 1.0), axis=0)
+        # The diagonal (always 1) would set the colour scale and hide the pairs that matter.
+        share = share.mask(np.eye(len(share), dtype=bool))
+        share.index.name, share.columns.name = column, f"{column} also present"
+        return (share, f"{column}: co-occurrence", "share of the row's items that also have "
+                "the column's value")
+    if len(numeric) >= 2:
+        matrix = table[numeric].apply(pd.to_numeric, errors="coerce").corr(method="spearman")
+        matrix.index.name = matrix.columns.name = "feature"
+        return matrix, "Numeric features: Spearman correlation", "Spearman rho"
+    return None, "", ""
+
+
+# How each split method chooses the held-out interactions, in words for the reports.
+_SPLIT_WORDS = {
+    "temporal": "each user's latest interactions (a temporal split: the test period follows "
+                "the training period)",
+    "leave_last_out": "each user's last interaction (by time where there are timestamps)",
+    "benchmark": "a random share of each item's interactions (the benchmark split; "
+                 "not ordered in time)",
+    "random": "a random share of each user's interactions (a random split; not ordered in "
+              "time)",
+    "cold_items": "every interaction of a random share of the items (a cold-item split: "
+                  "those items are never seen in training)",
+}
+
+
+def describe_split(method: str) -> Note:
+    """One sentence saying which interactions the test split holds, for split `method`."""
+    words = _SPLIT_WORDS.get(method, f"the interactions the {method!r} split holds out")
+    return Note(f"The test items are {words}.")
 
 
 def interactions_per_period(interactions: pd.DataFrame, freq: str = "W") -> pd.Series:

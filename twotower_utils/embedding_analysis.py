@@ -18,29 +18,42 @@ __all__ = ["primary_label", "plot_sample", "top_items", "project_2d", "nearest_i
 
 
 def primary_label(items: pd.DataFrame, item_features: Mapping[str, str],
-                  item_vocab: Sequence[str]) -> tuple[str, np.ndarray]:
-    """A category per item index for colouring plots: the first categorical or multi-hot item
-    feature (its first value). Returns `(feature name, labels [num_items])`; "unknown" where
-    missing, and ("none", all "unknown") when the items have no such feature."""
+                  item_vocab: Sequence[str], rule: str = "specific") -> tuple[str, np.ndarray]:
+    """A category per item index for colouring plots, from the first categorical or
+    multi-hot item feature.
+
+    An item with several values (genres "Comedy|Drama|Film-Noir") is labelled with its most
+    specific one, the value fewest items have (`rule="specific"`: Film-Noir), or with its
+    most common one (`rule="frequent"`: Drama); the alphabetically first would say more about
+    spelling than about the item. Returns `(feature name, labels [num_items + 1])`, "unknown"
+    where missing, and ("none", all "unknown") when the items have no such feature.
+    """
+    if rule not in ("specific", "frequent"):
+        raise ValueError(f"rule = {rule!r}: expected 'specific' or 'frequent'")
     names = [c for c, kind in item_features.items() if kind in ("categorical", "multi_hot")
              and c in items.columns]
     labels = np.full(len(item_vocab) + 1, "unknown", dtype=object)
     if not names:
         return "none", labels
     column = names[0]
-    lookup = items.drop_duplicates("item_id").set_index("item_id")[column]
-    first = lookup.astype(str).str.split("|").str[0].str.strip()
-    mapped = pd.Series(list(item_vocab)).map(first)
-    labels[1:] = mapped.where(mapped.notna() & (mapped != "nan"), "unknown").to_numpy(object)
+    values = items.drop_duplicates("item_id").set_index("item_id")[column].dropna()
+    exploded = values.astype(str).str.split("|").explode().str.strip()
+    exploded = exploded[(exploded != "") & (exploded != "nan")]
+    frequency = exploded.map(exploded.value_counts())
+    # Per item, the value with the lowest (specific) or highest (frequent) count; ties by name.
+    ranked = pd.DataFrame({"value": exploded, "count": frequency}).reset_index()
+    ranked = ranked.sort_values(["count", "value"], ascending=[rule == "specific", True],
+                                kind="stable")
+    chosen = ranked.drop_duplicates("item_id").set_index("item_id")["value"]
+    mapped = pd.Series(list(item_vocab)).map(chosen)
+    labels[1:] = mapped.where(mapped.notna(), "unknown").to_numpy(object)
     return column, labels
 
 
-def project_2d(vectors: np.ndarray, method: str = "pca", seed: int = 0,
-               missing_ok: bool = False) -> np.ndarray | None:
-    """2-D coordinates `[n, 2]` of row vectors with "pca", "tsne" or "umap" (if installed).
+def project_2d(vectors: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """2-D coordinates `[n, 2]` of row vectors with "pca" or "tsne" (scikit-learn).
 
-    Raises ValueError for another method; for "umap" without the umap-learn package, returns
-    None when `missing_ok` (the plot then says so) and raises ImportError otherwise.
+    Raises ValueError for another method.
     """
     vectors = np.asarray(vectors, dtype=np.float64)
     if method == "pca":
@@ -58,15 +71,7 @@ def project_2d(vectors: np.ndarray, method: str = "pca", seed: int = 0,
         # times slower than one, and one thread handles a few thousand points in seconds.
         with threadpool_limits(limits=1, user_api="openmp"):
             return tsne.fit_transform(vectors)
-    if method == "umap":
-        try:
-            import umap
-        except ImportError as err:
-            if missing_ok:
-                return None
-            raise ImportError("method='umap' needs the umap-learn package") from err
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(vectors)
-    raise ValueError(f"method = {method!r}: expected 'pca', 'tsne' or 'umap'")
+    raise ValueError(f"method = {method!r}: expected 'pca' or 'tsne'")
 
 
 def nearest_items(item_vectors: np.ndarray, query_idx: Sequence[int], names: np.ndarray,
