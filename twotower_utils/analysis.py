@@ -27,6 +27,7 @@ from twotower_utils.baselines import (
     EASE_MAX_DIM,
     ItemKNN,
     MostPopular,
+    score_chunk_size,
     similarity_baseline,
     tune_ease,
     tune_item_knn,
@@ -114,7 +115,8 @@ def baseline_top_lists(data: ProcessedData, k: int, grid: Sequence[float] | None
         baseline.fit(protocol.exclude)
         top_idx, _ = top_k_from_scores(
             lambda users, m=baseline: m.scores(protocol.users[users]), len(protocol.users), k,
-            exclude=protocol.exclude[protocol.users], candidates=protocol.candidates)
+            exclude=protocol.exclude[protocol.users], candidates=protocol.candidates,
+            chunk_size=score_chunk_size(protocol.exclude.shape[1]))
         top_lists[key] = _full_rows(top_idx, protocol.users, data.num_users)
         seconds[key] = time.perf_counter() - started
     return top_lists, seconds, tuning

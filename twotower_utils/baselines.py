@@ -22,7 +22,7 @@ from twotower_utils.topk import _select_top_k, top_k_from_scores
 
 __all__ = ["MostPopular", "PopularityByFeature", "EASE", "ItemKNN", "DEFAULT_EASE_GRID",
            "DEFAULT_KNN_GRID", "EASE_MAX_DIM", "tune_ease", "tune_item_knn",
-           "cosine_neighbours", "similarity_baseline"]
+           "cosine_neighbours", "similarity_baseline", "score_chunk_size"]
 
 DEFAULT_EASE_GRID = (50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0)
 DEFAULT_KNN_GRID = (10, 20, 50, 100, 200, 400)
@@ -122,9 +122,15 @@ class PopularityByFeature:
 
 
 
+def score_chunk_size(num_items: int) -> int:
+    """Users to score at once so a dense float64 score block stays near 64 MB (at most 4,096):
+    a scorer holds two or three such blocks, whatever the catalogue size."""
+    return int(min(4096, max(1, (1 << 23) // max(num_items, 1))))
+
+
 def _chunks(n: int, width: int) -> list[np.ndarray]:
-    """Row indices 0..n-1 in blocks of about 2**23 / width rows (about 64 MB of float64)."""
-    step = max(1, (1 << 23) // max(width, 1))
+    """Row indices 0..n-1 in blocks of `score_chunk_size(width)` rows."""
+    step = score_chunk_size(width)
     return [np.arange(s, min(s + step, n)) for s in range(0, n, step)]
 
 
@@ -155,7 +161,7 @@ class _EaseScorer:
     diag(P) = (1 - diag(Xᵀ(XXᵀ + l2·I)⁻¹X)) / l2 (Woodbury), so memory stays at users².
     """
 
-    def __init__(self, x: sp.csr_matrix, l2: float, inverse: np.ndarray, dual: bool):
+    def __init__(self, x: sp.csr_matrix, l2: float, inverse: np.ndarray, dual: bool) -> None:
         self.x, self.l2, self.inverse, self.dual = x, float(l2), inverse, dual
         if dual:
             inner = np.zeros(x.shape[1])
@@ -281,9 +287,8 @@ def cosine_neighbours(train: sp.spmatrix | sp.sparray, neighbours: int) -> sp.cs
         block[np.arange(len(rows)), rows] = -np.inf  # an item is not its own neighbour
         block[block <= 0.0] = -np.inf
         top, _ = _select_top_k(block, width)
-        top_values = block[np.arange(len(rows))[:, None], top]
         indices.append(top)
-        values.append(top_values)
+        values.append(block[np.arange(len(rows))[:, None], top])  # float64, not float32
     top, top_values = np.vstack(indices), np.vstack(values)
     keep = np.isfinite(top_values)  # finite values come first in each row
     indptr = np.r_[0, np.cumsum(keep.sum(axis=1))]
@@ -291,8 +296,7 @@ def cosine_neighbours(train: sp.spmatrix | sp.sparray, neighbours: int) -> sp.cs
 
 
 def _first_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
-    """The first `n` stored entries of each row (the `n` nearest, as `cosine_neighbours`
-    orders them)."""
+    """The first `n` stored entries of each row: the `n` nearest of `cosine_neighbours`."""
     lengths = np.diff(matrix.indptr)
     position = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], lengths)
     keep = position < n
@@ -333,7 +337,8 @@ def _validation_table(name: str, values: Sequence, make_scorer, train: sp.csr_ma
         fit_seconds = time.perf_counter() - started
         # Every user is listed, not only those with validation items: coverage counts all.
         top_idx, _ = top_k_from_scores(score_fn, train.shape[0], k, exclude=train,
-                                       candidates=candidates)
+                                       candidates=candidates,
+                                       chunk_size=score_chunk_size(train.shape[1]))
         rows.append({name: value, **ranking_metrics(top_idx, validation, (k,),
                                                     num_items=int(candidates.sum())),
                      "fit_seconds": fit_seconds})
@@ -341,14 +346,9 @@ def _validation_table(name: str, values: Sequence, make_scorer, train: sp.csr_ma
     return table.loc[table[f"{metric}@{k}"].idxmax(), name], table
 
 
-def tune_ease(
-    train: sp.spmatrix | sp.sparray,
-    validation: sp.spmatrix | sp.sparray,
-    grid: Sequence[float] = DEFAULT_EASE_GRID,
-    k: int = 10,
-    metric: str = "ndcg",
-    candidates: np.ndarray | None = None,
-) -> tuple[float, pd.DataFrame]:
+def tune_ease(train: sp.spmatrix | sp.sparray, validation: sp.spmatrix | sp.sparray,
+              grid: Sequence[float] = DEFAULT_EASE_GRID, k: int = 10, metric: str = "ndcg",
+              candidates: np.ndarray | None = None) -> tuple[float, pd.DataFrame]:
     """Pick EASE's l2 on a validation split (never the test split).
 
     One eigendecomposition of the smaller Gram matrix (users x users when users < items)
@@ -366,8 +366,7 @@ def tune_ease(
         per l2 (column "l2", every metric at k, "fit_seconds" for that l2's solve); the
         shared eigendecomposition's seconds are in `table.attrs["decomposition_seconds"]`.
     """
-    x = _binary_csr(train)
-    started = time.perf_counter()
+    x, started = _binary_csr(train), time.perf_counter()
     gram, dual = _smaller_gram(x)
     eigenvalues, eigenvectors = np.linalg.eigh(gram)
     del gram
@@ -385,14 +384,9 @@ def tune_ease(
     return float(best), table
 
 
-def tune_item_knn(
-    train: sp.spmatrix | sp.sparray,
-    validation: sp.spmatrix | sp.sparray,
-    grid: Sequence[int] = DEFAULT_KNN_GRID,
-    k: int = 10,
-    metric: str = "ndcg",
-    candidates: np.ndarray | None = None,
-) -> tuple[int, pd.DataFrame]:
+def tune_item_knn(train: sp.spmatrix | sp.sparray, validation: sp.spmatrix | sp.sparray,
+                  grid: Sequence[int] = DEFAULT_KNN_GRID, k: int = 10, metric: str = "ndcg",
+                  candidates: np.ndarray | None = None) -> tuple[int, pd.DataFrame]:
     """Pick item-kNN's neighbour count on a validation split, as `tune_ease` picks l2.
 
     The similarities are computed once, for the largest count, and cut for the others.
@@ -400,8 +394,7 @@ def tune_item_knn(
     the first count with the highest metric and one row per count (column "neighbours",
     every metric at k, "fit_seconds"; the shared similarity's in `attrs["similarity_seconds"]`).
     """
-    x = _binary_csr(train)
-    started = time.perf_counter()
+    x, started = _binary_csr(train), time.perf_counter()
     similarity = cosine_neighbours(x, max(grid))
     similarity_seconds = time.perf_counter() - started
 
