@@ -6,7 +6,7 @@ import pytest
 
 from twotower_utils.features import FeatureEncoder
 from twotower_utils.io import atomic_directory
-from twotower_utils.sampling import item_sampling_probabilities, sample_negatives
+from twotower_utils.sampling import item_sampling_probabilities, sample_negatives, sorted_unique
 from twotower_utils.splits import split_mask
 
 # ----------------------------------------------------------------- features
@@ -107,7 +107,30 @@ def test_time_based_split_without_timestamps_names_the_column(interactions):
         split_mask(interactions, "weekly", 0.7, 0)
 
 
+@pytest.mark.parametrize("method", ["benchmark", "random", "temporal", "leave_last_out",
+                                    "cold_items"])
+def test_integer_indices_give_the_same_split_as_the_id_strings(interactions, method):
+    # The preprocessor's frames carry user_idx/item_idx; the splits group by those instead
+    # of hashing the strings, and must not change a single row (the benchmark protocol).
+    rng = np.random.default_rng(5)
+    user_map = {u: i for i, u in enumerate(rng.permutation(sorted(set(interactions.user_id))),
+                                           start=1)}
+    item_map = {v: i for i, v in enumerate(rng.permutation(sorted(set(interactions.item_id))),
+                                           start=1)}
+    indexed = interactions.assign(user_idx=interactions["user_id"].map(user_map),
+                                  item_idx=interactions["item_id"].map(item_map))
+    np.testing.assert_array_equal(split_mask(indexed, method, 0.75, 42),
+                                  split_mask(interactions, method, 0.75, 42))
+
+
 # ----------------------------------------------------------------- negatives
+
+
+def test_sorted_unique_matches_numpy():
+    keys = np.random.default_rng(0).integers(0, 500, 3000)
+    np.testing.assert_array_equal(sorted_unique(keys), np.unique(keys))
+    assert sorted_unique(np.array([], dtype=np.int64)).size == 0
+    np.testing.assert_array_equal(sorted_unique(np.array([7])), [7])
 
 
 def test_negatives_never_hit_a_users_positives_and_are_seeded():

@@ -29,7 +29,7 @@ from twotower_utils.fingerprint import FINGERPRINT_FILE, data_fingerprint
 from twotower_utils.io import atomic_directory, write_json
 from twotower_utils.logs import PACKAGE_LOGGER, is_configured, report
 from twotower_utils.processed import ProcessedData, load_processed
-from twotower_utils.sampling import sample_negatives
+from twotower_utils.sampling import sample_negatives, sorted_unique
 from twotower_utils.splits import split_mask
 
 __all__ = ["DataPreprocessor", "ProcessedData", "load_processed", "main"]
@@ -84,23 +84,29 @@ class DataPreprocessor:
             raw = load_dataset(self.config,
                                log=lambda line: report(None, line, logging.INFO))
             labels = raw.interactions["label"].to_numpy()
-            self.positives = raw.interactions[labels == 1].reset_index(drop=True)
-            self.explicit_negatives = raw.interactions[labels == 0].reset_index(drop=True)
-            if self.positives.empty:
+            if not (labels == 1).any():
                 raise ValueError(
                     f"dataset {raw.name!r}: no interactions with label 1 to learn from"
                 )
-            self.user_vocab = _vocabulary(raw.users["user_id"], raw.interactions["user_id"])
-            self.item_vocab = _vocabulary(raw.items["item_id"], raw.interactions["item_id"])
+            # Each id string is hashed once: factorized here, then only the distinct ids
+            # are looked up (at 10M interactions every pass over the strings costs seconds).
+            user_codes, user_ids = pd.factorize(raw.interactions["user_id"])
+            item_codes, item_ids = pd.factorize(raw.interactions["item_id"])
+            user_ids, item_ids = pd.Series(user_ids), pd.Series(item_ids)
+            self.user_vocab = _vocabulary(raw.users["user_id"], user_ids)
+            self.item_vocab = _vocabulary(raw.items["item_id"], item_ids)
             self.user_features = raw.user_features if self.config.model.use_user_features else {}
             self.item_features = raw.item_features if self.config.model.use_item_features else {}
             self.user_encoder = FeatureEncoder.fit(raw.users, self.user_features)
             self.item_encoder = FeatureEncoder.fit(raw.items, self.item_features)
             self._user_index = _index_lookup(self.user_vocab)
             self._item_index = _index_lookup(self.item_vocab)
-            for frame in (self.positives, self.explicit_negatives):
-                frame["user_idx"] = self._user_index(frame["user_id"])
-                frame["item_idx"] = self._item_index(frame["item_id"])
+            indexed = raw.interactions.assign(
+                user_idx=self._user_index(user_ids)[user_codes],
+                item_idx=self._item_index(item_ids)[item_codes],
+            )
+            self.positives = indexed[labels == 1].reset_index(drop=True)
+            self.explicit_negatives = indexed[labels == 0].reset_index(drop=True)
             self.raw = raw
             report(None, f"dataset {raw.name}: {len(self.user_vocab):,} users, "
                          f"{len(self.item_vocab):,} items, {len(self.positives):,} positive and "
@@ -271,7 +277,7 @@ class DataPreprocessor:
         # Indices, not id strings: at 10M interactions string sets cost seconds per call.
         pair_keys = (self.positives["user_idx"].to_numpy(np.int64) * (num_items + 1)
                      + self.positives["item_idx"].to_numpy(np.int64))
-        num_pairs = len(pd.unique(pair_keys))
+        num_pairs = len(sorted_unique(pair_keys))
         splits = {name: getattr(self, name) for name in ("train", "validation", "test")}
         seen = {"user": np.zeros(num_users + 1, dtype=bool),
                 "item": np.zeros(num_items + 1, dtype=bool)}
