@@ -26,9 +26,9 @@ __all__ = ["MostPopular", "PopularityByFeature", "EASE", "ItemKNN", "DEFAULT_EAS
 
 DEFAULT_EASE_GRID = (50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0)
 DEFAULT_KNN_GRID = (10, 20, 50, 100, 200, 400)
-# EASE solves a dense min(users, items)-sized system: past this size one eigendecomposition
-# and the per-l2 products take minutes on a small machine (about 25 s + 7 s per l2 at 5,000
-# on 2 cores, growing as n³), so item-kNN stands in (see `similarity_baseline`).
+# EASE solves a dense min(users, items)-sized system in time ~ n³: at 5,000 one
+# eigendecomposition took 77 s and each l2's product 8 s on 2 busy cores, so tuning is minutes
+# there, and past it item-kNN stands in (see `similarity_baseline`).
 EASE_MAX_DIM = 5_000
 
 
