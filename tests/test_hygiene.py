@@ -214,6 +214,10 @@ def test_ids_stay_as_written_when_the_column_is_not_all_numeric(tmp_path):
                      interactions="user_id,item_id,label\n007,i1,1\n8.00,i1,1\n"))
     assert raw.users["user_id"].tolist() == ["007", "8"]
     assert raw.interactions["user_id"].tolist() == ["007", "8"]
+    # a fractional id is an id of its own, untouched; only whole floats are rewritten
+    raw = read(write(tmp_path / "c", users="user_id\n1.05\n2\n",
+                     interactions="user_id,item_id,label\n1.05,i1,1\n2.0,i1,1\n"))
+    assert raw.interactions["user_id"].tolist() == ["1.05", "2"]
 
 
 @pytest.mark.parametrize("marker", ["NaN", "nan", "None", "null", "NULL", " ", ""])

@@ -370,21 +370,22 @@ def normalise_ids(column: str, tables: list[tuple[Path, pd.DataFrame]],
             report(notes, f"{path.name}: stripped surrounding spaces from {rows:,} {column} "
                           f"value(s) (first {frame[column].iloc[first]!r} at "
                           f"{_describe_rows(path, [first])})", logging.INFO)
-        factorized.append((path, frame, codes, stripped))
-    numeric = all(stripped.str.fullmatch(_NUMBER).all() for *_, stripped in factorized)
-    for path, frame, codes, stripped in factorized:
-        if numeric:
-            whole = stripped.str.fullmatch(_WHOLE_FLOAT).to_numpy()
-            if whole.any():
-                rows = int(whole[codes].sum())
-                first = int(np.flatnonzero(whole[codes])[0])
-                report(notes, f"{path.name}: read {rows:,} {column} value(s) written as whole-"
-                              f"number floats as integers (first {stripped[codes[first]]!r} -> "
-                              f"{_WHOLE_FLOAT.fullmatch(stripped[codes[first]]).group(1)!r} "
-                              f"at {_describe_rows(path, [first])}), since every {column} is "
-                              "a number", logging.INFO)
-                stripped = stripped.str.replace(_WHOLE_FLOAT, r"\1", regex=True)
-                stripped = stripped.str.replace(r"^\+", "", regex=True)
+        factorized.append((path, frame, codes, stripped, changed.any()))
+    numeric = all(stripped.str.fullmatch(_NUMBER).all() for _, _, _, stripped, _ in factorized)
+    for path, frame, codes, stripped, changed in factorized:
+        whole = stripped.str.fullmatch(_WHOLE_FLOAT).to_numpy() if numeric else None
+        if not changed and (whole is None or not whole.any()):
+            continue  # the common case: nothing to rewrite, keep the column as read
+        if whole is not None and whole.any():
+            rows = int(whole[codes].sum())
+            first = int(np.flatnonzero(whole[codes])[0])
+            report(notes, f"{path.name}: read {rows:,} {column} value(s) written as whole-"
+                          f"number floats as integers (first {stripped[codes[first]]!r} -> "
+                          f"{_WHOLE_FLOAT.fullmatch(stripped[codes[first]]).group(1)!r} "
+                          f"at {_describe_rows(path, [first])}), since every {column} is "
+                          "a number", logging.INFO)
+            stripped = stripped.copy()
+            stripped[whole] = stripped[whole].str.replace(r"\.0*$", "", regex=True)
         values = stripped.to_numpy(dtype=object)[codes]
         frame[column] = pd.Series(values, index=frame.index, dtype=frame[column].dtype)
 
