@@ -231,6 +231,11 @@ def test_missing_value_markers_are_not_ids(tmp_path, marker):
     assert "data row 3 (line 4)" in message and "missing id" in message
 
 
+def test_a_column_of_empty_ids_names_the_first_row(tmp_path):
+    with pytest.raises(DataValidationError, match="column 'user_id', data row 1 .*missing id"):
+        read(write(tmp_path, interactions="user_id,item_id,label\n,i1,1\n,i2,1\n"))
+
+
 def test_line_numbers_count_blank_lines_and_multi_line_cells(tmp_path):
     items = 'item_id,title\ni1,"two\nlines"\n\ni2,x\nnull,y\n'
     with pytest.raises(DataValidationError) as caught:

@@ -358,8 +358,10 @@ def normalise_ids(column: str, tables: list[tuple[Path, pd.DataFrame]],
         codes, uniques = pd.factorize(frame[column])
         uniques = pd.Series(np.asarray(uniques, dtype=object), dtype=object)
         stripped = uniques.str.strip()
-        missing = (codes < 0) | (stripped.str.lower().isin(_MISSING_ID_MARKERS)
-                                 | (stripped == "")).to_numpy()[np.maximum(codes, 0)]
+        missing = codes < 0  # empty cells
+        if len(uniques):
+            marker = (stripped.str.lower().isin(_MISSING_ID_MARKERS) | (stripped == "")).to_numpy()
+            missing |= marker[np.maximum(codes, 0)]
         if missing.any():
             raise _row_error(path, frame, column, missing, "missing id:",
                              "a non-empty id (fill it in or remove the row)")
