@@ -141,4 +141,5 @@ def test_cli_runs_the_data_stage_and_prints_a_summary(project_root, tmp_path, ca
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "split 'random'" in out and "written to" in out
+    assert "input hygiene: 0 duplicate row(s) of 0 pair(s) removed" in out
     assert len(list((tmp_path / "processed").glob("synthetic-*/stats.json"))) == 1
