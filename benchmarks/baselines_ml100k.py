@@ -1,4 +1,4 @@
-"""Most-popular, EASE and item-kNN on the MovieLens-100K benchmark protocol (DESIGN §5).
+"""Most-popular, EASE and item-kNN on the MovieLens-100K benchmark protocol.
 
 Usage: .venv/bin/python benchmarks/baselines_ml100k.py [--ml100k-dir DIR]
 (or set TWOTOWER_ML100K_DIR; without either, the data is fetched as `make run` does).

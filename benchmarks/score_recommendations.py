@@ -6,7 +6,7 @@ RECOMMENDATIONS.csv has `user_id,item_id,rank` (rank 1 = best), TEST.csv `user_i
 Prints one JSON object of precision@k, recall@k, ndcg@k, map (the Microsoft Recommenders
 benchmark's MAP), map@k and hit_rate@k.
 
-This is a second, deliberately plain implementation of DESIGN.md §5 (the definitions of the
+This is a second, deliberately plain implementation of the protocol (the definitions of the
 Microsoft Recommenders benchmark): the standard library only, one user at a time, no shared
 code with `twotower_utils.evaluation`. The quality benchmark cross-checks its table with it,
 and a test compares the two on random cases.

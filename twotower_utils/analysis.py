@@ -5,7 +5,7 @@ row = user index, -1 = empty slot, as `twotower_utils.topk` returns them), embed
 matrices (row = index) and a `ProcessedData`, so the model, the baselines and any future
 model are analysed the same way.
 
-The test protocol (DESIGN §5): the "training part" is train + validation; each user's
+The test protocol: the "training part" is train + validation; each user's
 training-part items are never recommended; candidates are the items seen in the training
 part; users are scored against their test items.
 """

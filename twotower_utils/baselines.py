@@ -1,4 +1,4 @@
-"""Non-neural baselines the two-tower model must beat (DESIGN §5): most-popular, EASE and,
+"""Non-neural baselines the two-tower model must beat: most-popular, EASE and,
 where EASE does not fit, item-kNN.
 
 All fit on a sparse user x item training matrix (row = user index, column = item index; any

@@ -1,4 +1,4 @@
-"""Ranking metrics, baselines and comparison tables (DESIGN §5), numpy/scipy/pandas only.
+"""Ranking metrics, baselines and comparison tables, numpy/scipy/pandas only.
 
 The baselines (most-popular, EASE, item-kNN) live in `twotower_utils.baselines` and are
 re-exported here.

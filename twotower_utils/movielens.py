@@ -1,6 +1,6 @@
 """MovieLens-100K: find the GroupLens files, verify them and convert them to the data contract.
 
-Sources are tried in order (DESIGN.md §3), each failure noted in one line:
+Sources are tried in order, each failure noted in one line:
 1. a local directory with `u.data`, `u.user`, `u.item` (`local_dir`, else `TWOTOWER_ML100K_DIR`);
 2. the official `ml-100k.zip`, downloaded once into `<raw_dir>/downloads/`;
 3. the PyPI wheel `recbole==1.2.1`, whose `recbole/dataset_example/ml-100k/ml-100k.{inter,user,
