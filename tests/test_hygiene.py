@@ -297,6 +297,12 @@ def test_configure_logging_is_idempotent_and_shows_plain_lines(tmp_path):
         configure_logging("loud")
 
 
+def test_configure_logging_writes_to_stdout_by_default(tmp_path, capsys):
+    configure_logging()
+    read(write(tmp_path, interactions="user_id,item_id,label\n1,i1,1\n1,i1,1\n"))
+    assert "removed 1 duplicate row(s)" in capsys.readouterr().out
+
+
 def test_log_callable_is_not_fed_twice_once_logging_shows_the_messages(project_root, tmp_path):
     text, _ = duplicated_interactions(300)
     folder = tmp_path / "csv"

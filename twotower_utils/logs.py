@@ -5,7 +5,7 @@ Library code never configures logging itself (that belongs to whoever runs it); 
 CLIs call `configure_logging()` once to show those messages as plain lines:
 
     from twotower_utils.logs import configure_logging
-    configure_logging()            # INFO and above, to stderr
+    configure_logging()            # INFO and above, to stdout
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def configure_logging(level: int | str = "INFO", stream: IO[str] | None = None) 
     """Show the package's log messages as plain lines; safe to call any number of times.
 
     Takes a level (name such as "INFO" or a `logging` constant) and the stream to write to
-    (default `sys.stderr`, looked up at call time so a notebook kernel's stream is used).
+    (default `sys.stdout`, looked up at call time so a notebook kernel's stream is used:
+    stdout, like the project's other progress lines, because the shareable `.noinput.html`
+    reports leave stderr out).
     Attaches one `StreamHandler` with the format `%(message)s` to the `twotower_utils`
     logger and sets that logger's level; a second call updates the same handler instead of
     adding another (so no line is ever shown twice by us). Returns the handler.
@@ -37,7 +39,7 @@ def configure_logging(level: int | str = "INFO", stream: IO[str] | None = None) 
         level = resolved
     logger = logging.getLogger(PACKAGE_LOGGER)
     handler = next((h for h in logger.handlers if getattr(h, _MARK, False)), None)
-    target = stream if stream is not None else sys.stderr
+    target = stream if stream is not None else sys.stdout
     if handler is None:
         handler = logging.StreamHandler(target)
         setattr(handler, _MARK, True)
