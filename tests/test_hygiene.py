@@ -263,6 +263,13 @@ def test_latin1_file_names_the_line_and_says_save_as_utf8(tmp_path):
     assert "save it as UTF-8" in message
 
 
+def test_utf16_file_is_named_as_such(tmp_path):
+    items = "item_id\ti1\n".encode("utf-16")
+    paths = write(tmp_path, items=items, interactions="user_id,item_id,label\n1,i1,1\n")
+    with pytest.raises(DataValidationError, match="items.csv: the file is UTF-16.*as UTF-8"):
+        read(paths)
+
+
 @pytest.mark.parametrize("delimiter, name", [(";", "semicolon"), ("\t", "tab")])
 def test_other_delimiters_are_named_with_the_fix(tmp_path, delimiter, name):
     inter = f"user_id{delimiter}item_id{delimiter}label\n1{delimiter}i1{delimiter}1\n"

@@ -246,6 +246,11 @@ def _read_csv(path: Path, required: list[str], hint: str) -> pd.DataFrame:
 def _encoding_problem(path: Path) -> str:
     """Where the first byte that is not UTF-8 sits, and how to fix it (error path only)."""
     with open(path, "rb") as handle:
+        if handle.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            return ("the file is UTF-16 (Excel's 'Unicode Text'): save it as UTF-8 with commas "
+                    "(Excel: Save As > 'CSV UTF-8'; pandas: pd.read_csv(path, "
+                    "encoding='utf-16', sep=None, engine='python').to_csv(path, index=False))")
+        handle.seek(0)
         for number, line in enumerate(handle, start=1):
             try:
                 line.decode("utf-8")
