@@ -348,9 +348,14 @@ def test_negatives_file_is_a_bounded_seeded_sample(project_root, tmp_path):
     again = DataPreprocessor(config, log=None)
     again.split_data()
     pd.testing.assert_frame_equal(again.generate_negatives(), negatives)
-    other = DataPreprocessor(config.with_overrides({"training.seed": 7}), log=None)
+    other = DataPreprocessor(config.with_overrides({"data.split.seed": 7}), log=None)
     other.split_data()
     assert not other.generate_negatives().equals(negatives)
+    # A data setting seeds it: the processed data (and this file) is shared by every
+    # training seed, so the training seed must not change it.
+    same = DataPreprocessor(config.with_overrides({"training.seed": 7}), log=None)
+    same.split_data()
+    pd.testing.assert_frame_equal(same.generate_negatives(), negatives)
 
 
 def test_small_data_keeps_every_negative_and_zero_negatives_still_leaves_a_sample(

@@ -149,7 +149,8 @@ class DataPreprocessor:
         rows, drawn for training positives picked uniformly (all of them, in order, when the
         full set is smaller). Never one of the user's training positives; uniform over items
         seen in training, or proportional to training popularity ** `popularity_alpha`; seeded
-        by `training.seed`. Training itself resamples fresh negatives every step, so this file
+        by `data.split.seed` (a data setting: the file belongs to the processed data, which
+        every training seed shares). Training itself resamples fresh negatives every step, so this file
         only serves checks and pointwise evaluation (positive vs negative scores).
         """
         if self.train is None:
@@ -167,7 +168,7 @@ class DataPreprocessor:
         else:
             # Which of the population's draws to make: a sample without replacement, sorted
             # so the file follows the training order like the full set would.
-            rng = np.random.default_rng([self.config.training.seed, 1])
+            rng = np.random.default_rng([self.config.data.split.seed, 1])
             rows = np.sort(rng.choice(population, size=size, replace=False)) // per_positive
         neg_users, neg_items = sample_negatives(
             users=users[rows],
@@ -176,7 +177,7 @@ class DataPreprocessor:
             num_items=num_items,
             distribution=data.negative_sampling,
             alpha=data.popularity_alpha,
-            seed=self.config.training.seed,
+            seed=data.split.seed,
         )
         self.negatives = pd.DataFrame(
             {
