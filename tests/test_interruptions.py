@@ -6,6 +6,7 @@ through, once killed with SIGTERM after its second epoch, and that killed run co
 through.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -72,26 +73,43 @@ def _pipeline_args(tmp_path, run_id):
 def _epochs_done(tmp_path, run_id) -> int:
     done = 0
     for path in (tmp_path / "models_dir" / ".checkpoints").glob(f"{run_id}*/**/history.json"):
-        try:
+        with contextlib.suppress(ValueError):  # caught mid-write
             done = max(done, len(json.loads(path.read_text())))
-        except ValueError:  # caught mid-write
-            pass
     return done
+
+
+def _start_and_wait_for_epochs(tmp_path, run_id, stages, epochs, **popen):
+    command = [sys.executable, "-m", "twotower_utils.pipeline",
+               *_pipeline_args(tmp_path, run_id), *stages]
+    process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, **popen)
+    deadline = time.monotonic() + 300
+    while _epochs_done(tmp_path, run_id) < epochs:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"training never reached epoch {epochs}"
+        time.sleep(0.2)
+    return process
+
+
+def test_ctrl_c_at_the_terminal_ends_the_run_as_interrupted_without_a_traceback(tmp_path):
+    # Ctrl-C signals the whole foreground process group: the pipeline and its kernel.
+    process = _start_and_wait_for_epochs(
+        tmp_path, "ctrl-c", ["--stage", "preprocessing", "--stage", "training"], 1,
+        start_new_session=True)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, (out, err)
+    assert "Traceback" not in out + err
+    summary = json.loads((tmp_path / "reports_dir" / "ctrl-c" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert {s["name"]: s["status"] for s in summary["stages"]}["training"] == "interrupted"
 
 
 def test_sigterm_during_training_then_continuing_matches_an_uninterrupted_run(tmp_path):
     stages = ["--stage", "preprocessing", "--stage", "training"]
     assert pipeline.main(_pipeline_args(tmp_path, "whole") + stages) == 0
 
-    command = [sys.executable, "-m", "twotower_utils.pipeline",
-               *_pipeline_args(tmp_path, "killed"), *stages]
-    process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while _epochs_done(tmp_path, "killed") < 2:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "training never reached its second epoch"
-        time.sleep(0.2)
+    process = _start_and_wait_for_epochs(tmp_path, "killed", stages, 2)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, (out, err)
