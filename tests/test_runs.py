@@ -19,6 +19,7 @@ from twotower_utils.artifacts import (
 )
 from twotower_utils.config import load_config
 from twotower_utils.fingerprint import data_fingerprint
+from twotower_utils.interrupts import SignalsAsInterrupts
 from twotower_utils.io import atomic_directory, remove_stale_temporaries
 from twotower_utils.preprocessing import DataPreprocessor
 from twotower_utils.runs import check_run_id, start_run
@@ -197,7 +198,7 @@ def test_damaged_run_folders_name_the_file_and_the_fix(tmp_path):
 
 # ----------------------------------------------------------------------------- signals
 def test_sigterm_becomes_an_interruption_naming_the_signal():
-    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), pipeline._SignalsAsInterrupts():
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), SignalsAsInterrupts():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises inside the sleep
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

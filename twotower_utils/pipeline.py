@@ -21,11 +21,9 @@ status is 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +32,12 @@ from typing import Any
 
 import yaml
 
+from twotower_utils.interrupts import (
+    PipelineInterrupted,
+    SignalsAsInterrupts,
+    is_interruption,
+    mark_interrupted,
+)
 from twotower_utils.nbtools import (
     KERNEL_NAME,
     StageError,
@@ -217,16 +221,16 @@ def run_pipeline(
     except StageError as err:
         summary["failure"] = {"notebook": err.notebook, "cell": err.cell,
                               "exec_count": err.exec_count, "message": err.error}
-        if not _is_interruption(err):
+        if not is_interruption(err):
             stage_records[name]["status"] = summary["status"] = "failed"
             log("FAILED")
             raise
-        _mark_interrupted(summary, stage_records[name], run.run_id, err.error)
+        mark_interrupted(summary, stage_records[name], run.run_id, err.error)
         log("INTERRUPTED")
         raise PipelineInterrupted(run.run_id, name, err.error) from None
     except KeyboardInterrupt as err:
         reason = str(err) or "KeyboardInterrupt"
-        _mark_interrupted(summary, stage_records[name], run.run_id, reason)
+        mark_interrupted(summary, stage_records[name], run.run_id, reason)
         log("INTERRUPTED")
         raise PipelineInterrupted(run.run_id, name, reason) from None
     finally:
@@ -244,58 +248,6 @@ def run_pipeline(
         index = write_index(reports_root)
         log(f"summary: {path}\nindex:   {index}")
     return summary | {"metrics": _read_metrics(path)}
-
-
-class PipelineInterrupted(KeyboardInterrupt):
-    """The run stopped on SIGINT/SIGTERM or a dead kernel; its summary says `interrupted`."""
-
-    def __init__(self, run_id: str, stage: str, reason: str):
-        super().__init__(reason)
-        self.run_id, self.stage, self.reason = run_id, stage, reason
-
-    def hint(self) -> str:
-        """One line: what happened and the command that continues the run."""
-        return (f"run {self.run_id} interrupted during {self.stage} ({self.reason}); "
-                f"continue it with: make run ARGS=\"--from-stage {self.stage} "
-                f"--run-id {self.run_id}\"")
-
-
-def _is_interruption(err: StageError) -> bool:
-    """A cell stopped by Ctrl-C (the kernel shares the terminal's SIGINT) or a kernel that
-    died (killed, out of memory) is an interruption to continue, not a bug in the stage."""
-    return err.error.startswith(("KeyboardInterrupt", "DeadKernelError"))
-
-
-def _mark_interrupted(summary: dict, record: dict, run_id: str, reason: str) -> None:
-    summary["status"] = record["status"] = "interrupted"
-    summary["interrupted"] = {"stage": record["name"], "reason": reason,
-                              "continue": f"--from-stage {record['name']} --run-id {run_id}"}
-
-
-class _SignalsAsInterrupts:
-    """Within the block, SIGTERM (and SIGINT) raise KeyboardInterrupt naming the signal, so
-    a killed pipeline still writes its summary; the previous handlers come back after."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self):
-        self.previous = {}
-        for number in self.SIGNALS:
-            with contextlib.suppress(ValueError):  # not the main thread: leave them alone
-                self.previous[number] = signal.signal(number, self._raise)
-        return self
-
-    def __exit__(self, *exc):
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        return False
-
-    @staticmethod
-    def _raise(number, _frame):
-        # Ignore repeats while the summary is being written.
-        for again in _SignalsAsInterrupts.SIGNALS:
-            signal.signal(again, signal.SIG_IGN)
-        raise KeyboardInterrupt(signal.Signals(number).name)
 
 
 def _render(executed: Path, record: dict[str, Any], log) -> None:
@@ -398,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             probe = start_run(args.config, overrides, "index", create=False)
             print(write_index(probe.config.path("reports_dir")))
             return 0
-        with _SignalsAsInterrupts():
+        with SignalsAsInterrupts():
             run_pipeline(args.config, overrides, params, args.run_id, args.stage,
                          args.from_stage, args.cell_timeout, not args.no_html,
                          args.log_output, args.kernel)

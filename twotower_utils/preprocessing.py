@@ -150,8 +150,9 @@ class DataPreprocessor:
         full set is smaller). Never one of the user's training positives; uniform over items
         seen in training, or proportional to training popularity ** `popularity_alpha`; seeded
         by `data.split.seed` (a data setting: the file belongs to the processed data, which
-        every training seed shares). Training itself resamples fresh negatives every step, so this file
-        only serves checks and pointwise evaluation (positive vs negative scores).
+        every training seed shares). Training itself resamples fresh negatives every step,
+        so this file only serves checks and pointwise evaluation (positive vs negative
+        scores).
         """
         if self.train is None:
             self.split_data()
