@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run data test lint format clean lab
+.PHONY: help install run sweep data test lint format clean lab
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ install: $(STAMP) ## create .venv (if missing) and install the project with its 
 
 run: $(STAMP) ## the main job: notebooks 01-05 on MovieLens-100K -> reports/<run_id>/ and reports/index.html (ARGS=... passes options, e.g. ARGS="--fast")
 	$(PY) -m twotower_utils.pipeline $(ARGS)
+
+sweep: $(STAMP) ## one run per parameter set of a grid file, then a comparison report (ARGS="grid.yaml --fast"; see sweeps/example.yaml)
+	$(PY) -m twotower_utils.pipeline --sweep $(ARGS)
 
 data: $(STAMP) ## the data stage alone: fetch, validate, split, save (ARGS=... passes options)
 	$(PY) -m twotower_utils.preprocessing $(ARGS)

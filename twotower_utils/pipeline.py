@@ -330,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", action="store_true", help="rebuild reports/index.html, exit")
     parser.add_argument("--strip", action="store_true",
                         help="strip outputs from notebooks/*.ipynb and exit")
+    parser.add_argument("--sweep", metavar="GRID_YAML",
+                        help="run once per parameter set of a grid file, then a comparison "
+                             "report under reports/sweeps/ (see twotower_utils/sweeps.py)")
     args = parser.parse_args(argv)
     try:
         if args.install_kernel:
@@ -350,6 +353,14 @@ def main(argv: list[str] | None = None) -> int:
             probe = start_run(args.config, overrides, "index", create=False)
             print(write_index(probe.config.path("reports_dir")))
             return 0
+        if args.sweep:  # exit status 1 when any point failed; the others still ran
+            from twotower_utils.sweeps import run_sweep
+
+            with SignalsAsInterrupts():
+                record = run_sweep(args.sweep, args.config, overrides, params, args.run_id,
+                                   cell_timeout=args.cell_timeout, render=not args.no_html,
+                                   log_output=args.log_output, kernel_name=args.kernel)
+            return 0 if all(run["status"] == "ok" for run in record["runs"]) else 1
         with SignalsAsInterrupts():
             run_pipeline(args.config, overrides, params, args.run_id, args.stage,
                          args.from_stage, args.cell_timeout, not args.no_html,

@@ -183,7 +183,7 @@ def plot_association(matrix: pd.DataFrame | None, title: str, colour_label: str)
     """
     if matrix is None or matrix.empty:
         return None
-    size = max(4.0, 0.38 * len(matrix) + 2.0)
+    size = max(4.0, 0.3 * len(matrix) + 2.0)
     fig, (ax,) = _figure(title=title, panel=(size + 1.2, size))
     sns.heatmap(matrix, ax=ax, cmap="rocket_r", square=True, linewidths=0.3,
                 annot=len(matrix) <= 8, fmt=".2f", cbar_kws={"label": colour_label})
