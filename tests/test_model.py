@@ -100,7 +100,8 @@ def test_bce_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, workdir, p
     items = tf.constant([data.history[u].indices[0] for u in (1, 2, 3)], tf.int32)
     negatives = tf.constant([[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]], tf.int32)
     valid = tf.constant([[True, True, True, False]] * 3)
-    model.sampler.sample = lambda _users, _k: (negatives, valid)
+    for sampler in model.samplers:  # each member draws its own negatives: fix them all
+        sampler.sample = lambda _users, _k: (negatives, valid)
     loss = float(model.compute_loss({"user_idx": users, "item_idx": items}))
 
     loo = model.options["history_leave_one_out"]
@@ -233,6 +234,10 @@ def test_sampled_negatives_never_include_the_users_training_positives(
                                          indexing="ij")
     is_positive = model.sampler.is_positive(tf.constant(grid_users), tf.constant(grid_items))
     np.testing.assert_array_equal(is_positive.numpy(), data.history.toarray() > 0)
+    rows, columns = np.array([3, 1, 3, 7], np.int32), np.arange(data.num_items, dtype=np.int32)
+    np.testing.assert_array_equal(  # the [B, C] form the in-batch losses use
+        model.sampler.positive_matrix(tf.constant(rows), tf.constant(columns)).numpy(),
+        data.history.toarray()[rows] > 0)
     users = np.repeat(np.arange(1, data.num_users), 20).astype(np.int32)
     negatives, valid = model.sampler.sample(tf.constant(users), 8)
     negatives, valid = negatives.numpy(), valid.numpy()
@@ -459,3 +464,112 @@ def test_a_saved_run_reloads_and_recommends_identically(which, request):
             inputs[name] = tf.constant(table[[1, 2]])
     out = exported.signatures["serving_default"](**inputs)["embedding"].numpy()
     np.testing.assert_allclose(out, loaded._items()[[1, 2]], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- one-step ensembles
+
+
+def test_ensemble_members_train_in_one_step_each_on_its_own_batch(data, workdir, project_root):
+    from twotower_utils import losses
+    from twotower_utils.model import build_model
+    from twotower_utils.training import Trainer
+
+    config = load_config(project_root / "config.json", small_overrides(workdir, **{
+        "model.ensemble_size": 3, "model.ensemble_member_overrides": [
+            {}, {"training.loss": "softmax"}, {"model.l2_regularization": 0.1}]}))
+    model = build_model(data, config)
+    assert [s.loss for s in model.settings] == ["bce", "softmax", "bce"]
+    assert [s.l2 for s in model.settings] == [0.0, 0.0, 0.1]
+    trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
+                      data.train["item_idx"].to_numpy(), None, data.history,
+                      checkpoint_dir=workdir / "one-step", log=None)
+    orders = trainer.epoch_orders(1)
+    assert len(orders) == 3 and all(sorted(o) == list(range(len(data.train))) for o in orders)
+    assert not np.array_equal(orders[0], orders[1])  # own batch order per member
+    users = data.train["user_idx"].to_numpy()[np.stack(orders)[:, :64]].astype(np.int32)
+    items = data.train["item_idx"].to_numpy()[np.stack(orders)[:, :64]].astype(np.int32)
+    # Evaluation mode: no random dropout, and each member's negatives are fixed below.
+    negatives = tf.constant(np.tile(np.arange(5, 9, dtype=np.int32), (64, 1)))
+    for sampler in model.samplers:
+        sampler.sample = lambda users, k: (negatives[:tf.size(users), :k],
+                                           tf.ones([tf.size(users), k], tf.bool))
+    total = float(model.compute_loss({"user_idx": tf.constant(users),
+                                      "item_idx": tf.constant(items)}))
+    parts = [float(losses.member_loss(model, m, tf.constant(users[m]), tf.constant(items[m])))
+             for m in range(3)]
+    assert total == pytest.approx(sum(parts), rel=1e-5)
+    # Member m's loss depends only on member m's slice: another member's batch changes
+    # nothing in it.
+    swapped = float(losses.member_loss(model, 1, tf.constant(users[1]), tf.constant(items[1])))
+    assert swapped == pytest.approx(parts[1], rel=1e-6)
+    assert len({round(p, 6) for p in parts}) == 3
+
+
+def test_an_ensemble_is_early_stopped_as_one_model_and_refitted_once(project_root, workdir,
+                                                                     data):
+    from twotower_utils.system import TwoTowerRecallSystem
+
+    lines = []
+    system = TwoTowerRecallSystem(project_root / "config.json", small_overrides(workdir, **{
+        "model.ensemble_size": 2, "training.epochs": 3, "training.refit_with_validation": True,
+        "model.ensemble_member_overrides": [{}, {"training.loss": "softmax"}]}),
+        run_id="one-step", log=lines.append)
+    system.prepare_data(reuse=True)
+    result = system.train_model(save=False)
+    assert len(result.history) == 3  # one early-stopping run, not one per member
+    assert sum(line.startswith("refitting on train + validation") for line in lines) == 1
+    assert result.extra["ensemble_val_ndcg@10"] == result.best_metric
+    members = result.extra["member_val_ndcg@10"]
+    assert len(members) == 2 and all(0 < value < 1 for value in members)
+    assert system.model.user_tower.members == 2
+
+
+def test_in_batch_softmax_equals_the_tfrs_retrieval_task(data, workdir, project_root):
+    import tensorflow_recommenders as tfrs
+
+    from twotower_utils.losses import in_batch_softmax
+
+    rng = np.random.default_rng(0)
+    users, items = (tf.constant(rng.normal(size=(6, 4)), tf.float32) for _ in range(2))
+    mask = tf.constant(rng.random((6, 6)) > 0.3) | tf.eye(6, dtype=tf.bool)
+    log_q = tf.constant(np.log(rng.uniform(0.01, 0.5, 6)), tf.float32)
+    task = tfrs.tasks.Retrieval(loss=tf.keras.losses.CategoricalCrossentropy(
+        from_logits=True, reduction=tf.keras.losses.Reduction.SUM), temperature=0.5)
+    expected = task(users, items, compute_metrics=False, score_mask=mask,
+                    candidate_sampling_probability=tf.exp(log_q))
+    assert float(in_batch_softmax(users, items, 0.5, mask, log_q)) == pytest.approx(
+        float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("change", [{"model.embedding_dim": 8},
+                                    {"training.learning_rate": 0.02}])
+def test_resuming_with_other_settings_is_refused_naming_the_keys(project_root, workdir, change):
+    from twotower_utils.system import TwoTowerRecallSystem
+    from twotower_utils.training import ResumeError
+
+    class Killed(Exception):
+        pass
+
+    def kill(_epoch, _record):
+        raise Killed
+
+    run_id = f"changed-{next(iter(change)).replace('.', '-')}"
+    first = TwoTowerRecallSystem(project_root / "config.json",
+                                 small_overrides(workdir, **{"training.epochs": 2}),
+                                 run_id=run_id, log=None)
+    first.prepare_data(reuse=True)
+    with pytest.raises(Killed):
+        first.train_model(callbacks=[kill])
+    second = TwoTowerRecallSystem(project_root / "config.json",
+                                  small_overrides(workdir, **{"training.epochs": 2, **change}),
+                                  run_id=run_id, log=None)
+    second.prepare_data(reuse=True)
+    key = next(iter(change))
+    with pytest.raises(ResumeError, match=rf"{key}: .* in the checkpoint, .* now"):
+        second.train_model(resume=True)
+    # Training longer is a resumable change.
+    third = TwoTowerRecallSystem(project_root / "config.json",
+                                 small_overrides(workdir, **{"training.epochs": 3}),
+                                 run_id=run_id, log=None)
+    third.prepare_data(reuse=True)
+    assert third.train_model(resume=True, save=False).resumed_from == 1

@@ -1,11 +1,14 @@
-"""How `TwoTowerRecallSystem.train_model` trains: early stopping, the refit, ensemble members.
+"""How `TwoTowerRecallSystem.train_model` trains: early stopping, then one refit.
 
-`train_member` early-stops one model on validation and, with
+`train_and_refit` early-stops one model on validation and, with
 `training.refit_with_validation`, trains a fresh one on train + validation for the best epoch
-count (`refit`). With `model.ensemble_size` K > 1 the system trains K single-member models
-(`member_config`: seed + 1000·m, the member's entry of `model.ensemble_member_overrides`) and
-`join_members` writes them into one K-member model; `ensemble_summary` scores the joined
-early-stopped members on validation.
+count (`refit`): two trainings, whatever `model.ensemble_size` is. An ensemble is one model
+whose K members train side by side in every step, each on its own batch order with its own
+negatives, dropout and overrides (see `ensemble` and `training.Trainer`), and early stopping
+watches the ensemble itself: the members are served together, so their joint validation
+metric picks the epoch count, which the refit then trains all of them for.
+`ensemble_summary` adds each member's own validation metric. `join_members` writes trained
+single-member models into one K-member model (members trained elsewhere can be joined).
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from twotower_utils.config import SINGLE_MEMBER, Config  # noqa: E402
+from twotower_utils.config import Config  # noqa: E402
+from twotower_utils.ensemble import MEMBER_SEED_STRIDE, member_config  # noqa: E402
+from twotower_utils.evaluation import ranking_metrics, top_k_scores  # noqa: E402
 from twotower_utils.model import TwoTowerModel, build_model  # noqa: E402
-from twotower_utils.training import Trainer, evaluate_ranking  # noqa: E402
+from twotower_utils.training import Trainer  # noqa: E402
 
 __all__ = ["MEMBER_SEED_STRIDE", "ensemble_summary", "join_members", "member_config", "refit",
-           "train_member", "validation_candidates"]
+           "train_and_refit", "validation_candidates"]
 
 
-def train_member(system, model, config: Config, name: str, resume: bool, callbacks=()):
+def train_and_refit(system, model, config: Config, name: str, resume: bool, callbacks=()):
     """Early-stop `model` on validation, then refit if configured.
 
     Returns `(result, early-stopped model, final model)`; the final model is a fresh
@@ -77,37 +82,25 @@ def validation_candidates(system) -> np.ndarray:
     return np.asarray(seen.sum(axis=0)).ravel() > 0
 
 
-def ensemble_summary(system, results: list, early_stopped: list) -> dict:
-    """Members' best epochs and metrics, and the joined early-stopped members' metric
-    on validation (what `ensemble_size` is judged by)."""
-    data, metric = system.data, results[0].metric
-    joined = join_members(early_stopped, data, system.config)
-    k = int(metric.split("@")[1])
-    value = evaluate_ranking(joined, data.history, data.interactions("validation"),
-                             validation_candidates(system), (k,),
-                             (metric.split("@")[0],))[metric]
-    system.log(f"ensemble of {len(results)}: validation {metric} {value:.4f} (members "
-               + ", ".join(f"{r.best_metric:.4f}" for r in results) + ")")
-    return {"member_best_epochs": [r.best_epoch for r in results],
-            f"member_val_{metric}": [r.best_metric for r in results],
-            f"ensemble_val_{metric}": value,
-            "member_seconds": [r.seconds + r.extra.get("refit_seconds", 0.0)
-                               for r in results]}
-
-
-MEMBER_SEED_STRIDE = 1000  # runs with seeds s and s + 1 must not share members
-
-
-def member_config(config: Config, member: int) -> Config:
-    """The configuration ensemble member `member` trains with: one member, its entry of
-    `model.ensemble_member_overrides` (if any) applied, and the seed
-    `training.seed + 1000 * member`."""
-
-    member_overrides = config.model.ensemble_member_overrides
-    extra = member_overrides[member] if member < len(member_overrides) else {}
-    config = config.with_overrides({**extra, **SINGLE_MEMBER})
-    seed = config.training.seed + MEMBER_SEED_STRIDE * member
-    return replace(config, training=replace(config.training, seed=seed))
+def ensemble_summary(system, result, model) -> dict:
+    """Each member's validation metric in the early-stopped ensemble `model` (its slice of
+    the embeddings alone) beside the ensemble's own (`result.best_metric`)."""
+    data, metric = system.data, result.metric
+    name, k = metric.split("@")[0], int(metric.split("@")[1])
+    relevant = data.interactions("validation")
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    user_vec, item_vec = model.user_embeddings(users), model.item_embeddings()
+    width = user_vec.shape[1] // model.members
+    values = []
+    for member in range(model.members):
+        part = slice(member * width, (member + 1) * width)
+        top, _ = top_k_scores(user_vec[:, part], item_vec[:, part], k,
+                              exclude=data.history[users],
+                              candidates=validation_candidates(system))
+        values.append(ranking_metrics(top, relevant[users], (k,), (name,))[metric])
+    system.log(f"ensemble of {model.members}: validation {metric} {result.best_metric:.4f} "
+               "(members alone " + ", ".join(f"{v:.4f}" for v in values) + ")")
+    return {f"member_val_{metric}": values, f"ensemble_val_{metric}": result.best_metric}
 
 
 def join_members(members: list[TwoTowerModel], data, config: Config) -> TwoTowerModel:

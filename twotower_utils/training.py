@@ -30,14 +30,70 @@ import scipy.sparse as sp  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from twotower_utils.config import Config  # noqa: E402
+from twotower_utils.ensemble import MEMBER_SEED_STRIDE  # noqa: E402
 from twotower_utils.evaluation import ranking_metrics, top_k_scores  # noqa: E402
 
-__all__ = ["PairSampler", "Trainer", "TrainingResult", "evaluate_ranking", "make_optimizer"]
+__all__ = ["PairSampler", "ResumeError", "Trainer", "TrainingResult", "check_resumable",
+           "evaluate_ranking", "make_optimizer", "training_settings"]
 
 MAX_REJECTION_ROUNDS = 32  # P(a draw still collides) <= share_of_positives ** 32
 # Positive-pair lookups use a dense [users x items] bool table up to this many cells (64 MB),
 # and a hash table of pair keys (memory O(positives)) beyond it.
 DENSE_MASK_MAX_CELLS = 64_000_000
+
+
+# Keys a resumed run may change: how long it trains, not what it trains.
+RESUMABLE_CHANGES = ("training.epochs", "training.early_stopping_patience",
+                     "training.distribution_strategy", "data.ml100k_dir",
+                     "data.negatives_sample_size")
+
+
+class ResumeError(ValueError):
+    """A checkpoint cannot be resumed with this configuration (names the differing keys)."""
+
+
+def training_settings(config: Config) -> dict:
+    """The configuration keys a checkpoint depends on, flat (`{"model.embedding_dim": 64,
+    ...}`): the model, training and data sections, less `RESUMABLE_CHANGES`."""
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) \
+                and not prefix.endswith(("_features", "member_overrides")):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+        else:
+            flat[prefix] = value
+
+    everything = config.to_dict()
+    for section in ("model", "training", "data"):
+        walk(section, everything[section])
+    # Through JSON, so a stored copy compares equal (tuples become lists, and so on).
+    return json.loads(json.dumps({k: v for k, v in flat.items()
+                                  if k not in RESUMABLE_CHANGES}))
+
+
+def check_resumable(stored_path: Path, config: Config) -> None:
+    """Refuse (`ResumeError`) to resume a checkpoint made with other settings.
+
+    `stored_path` holds the checkpoint's `training_settings`; a missing file (a checkpoint
+    from an older version) is refused too, since its settings cannot be checked.
+    """
+    where = stored_path.parent
+    if not stored_path.is_file():
+        raise ResumeError(f"cannot resume from {where}: it holds no record of the settings "
+                          "it was trained with; train afresh (resume=False)")
+    stored, current = json.loads(stored_path.read_text()), training_settings(config)
+    keys = sorted(set(stored) | set(current))
+    differ = [k for k in keys if stored.get(k, "<unset>") != current.get(k, "<unset>")]
+    if differ:
+        changes = "; ".join(f"{k}: {stored.get(k, '<unset>')!r} in the checkpoint, "
+                            f"{current.get(k, '<unset>')!r} now" for k in differ)
+        raise ResumeError(
+            f"cannot resume from {where}: the checkpoint was trained with other settings "
+            f"({changes}). Resume with the checkpoint's settings, or train afresh "
+            "(resume=False, or a new run id); only "
+            + ", ".join(RESUMABLE_CHANGES) + " may change on resume")
 
 
 class PairSampler(tf.Module):
@@ -49,12 +105,15 @@ class PairSampler(tf.Module):
             at least one training positive.
         alpha: the popularity exponent.
         seed: seed of the generator (its state is checkpointed with the model).
+        shared: a sampler over the same history whose positives' lookups this one reuses
+            (an ensemble member's: its own generator and distribution, the same positives).
 
     Attributes: `history` (ragged rows of item indices), `log_q` (log sampling probability
     per item) and `log_freq` (log training frequency per item), all constants.
     """
 
-    def __init__(self, history: sp.csr_matrix, distribution: str, alpha: float, seed: int):
+    def __init__(self, history: sp.csr_matrix, distribution: str, alpha: float, seed: int,
+                 shared: PairSampler | None = None):
         super().__init__(name="pair_sampler")
         history = sp.csr_matrix(history)
         num_users, num_items = history.shape
@@ -67,24 +126,29 @@ class PairSampler(tf.Module):
         probs = weights / weights.sum()
         q = np.zeros(num_items)
         q[pool] = probs
+        self.num_items, self.uniform = num_items, distribution == "uniform"
+        self.generator = tf.random.Generator.from_seed(seed)
+        self.pool, self.cdf = tf.constant(pool), tf.constant(np.cumsum(probs))
+        self.log_q = tf.constant(np.log(np.maximum(q, 1e-12)), tf.float32)
+        if shared is not None:
+            # Another member's sampler over the same history: its lookups are reused.
+            self.dense_mask, self.positive_table = shared.dense_mask, shared.positive_table
+            self.history, self.log_freq = shared.history, shared.log_freq
+            return
         rows = np.repeat(np.arange(num_users, dtype=np.int64), np.diff(history.indptr))
         keys = np.unique(rows * num_items + history.indices)
         self.dense_mask = self.positive_table = None
         if num_users * num_items <= DENSE_MASK_MAX_CELLS:
             dense = np.zeros(num_users * num_items, dtype=bool)
             dense[keys] = True
-            self.dense_mask = tf.constant(dense)
+            self.dense_mask = tf.constant(dense.reshape(num_users, num_items))
         else:
             # A hash lookup costs the same at any number of positives; a binary search over
             # the sorted keys grew with it (41 ms per 17K lookups at 7.5M keys vs 0.7 ms).
             self.positive_table = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(
                     tf.constant(keys, tf.int64), tf.ones([len(keys)], tf.int32)), 0)
-        self.num_items, self.uniform = num_items, distribution == "uniform"
-        self.generator = tf.random.Generator.from_seed(seed)
         self.history = ragged_rows(history)
-        self.pool, self.cdf = tf.constant(pool), tf.constant(np.cumsum(probs))
-        self.log_q = tf.constant(np.log(np.maximum(q, 1e-12)), tf.float32)
         self.log_freq = tf.constant(np.log(np.maximum(counts / counts.sum(), 1e-12)),
                                     tf.float32)
 
@@ -92,8 +156,18 @@ class PairSampler(tf.Module):
         """Bool tensor: is (user, item) a training positive? `users`/`items` broadcast."""
         keys = tf.cast(users, tf.int64) * self.num_items + tf.cast(items, tf.int64)
         if self.dense_mask is not None:
-            return tf.gather(self.dense_mask, keys)
+            return tf.gather(tf.reshape(self.dense_mask, [-1]), keys)
         return self.positive_table.lookup(keys) > 0
+
+    def positive_matrix(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        """`[B, C]` bool: is (users[b], items[c]) a training positive? (int `[B]`, `[C]`)."""
+        if self.dense_mask is None:
+            return self.is_positive(users[:, None], items[None, :])
+        # Rows of the distinct users, then their columns: a million scattered one-byte
+        # lookups (a 1,024-pair batch against itself) cost ten times as much.
+        unique, where = tf.unique(users)
+        rows = tf.gather(tf.gather(self.dense_mask, unique), items, axis=1)
+        return tf.gather(rows, where)
 
     def sample(self, users: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         """Draw `k` negatives per user: (`items` int32 `[B, k]`, `valid` bool `[B, k]`).
@@ -277,7 +351,10 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir / "last",
                                                   max_to_keep=1)
         self.best_prefix = str(self.checkpoint_dir / "best" / "weights")
-        spec = tf.TensorSpec([None], tf.int32)
+        # One step trains every ensemble member, each on its own batch: row m of a
+        # [members, B] batch (see `losses.compute_loss`).
+        self.members = int(getattr(model, "members", 1))
+        spec = tf.TensorSpec([self.members, None], tf.int32)
         self._step = tf.function(self._train_step, input_signature=[spec, spec])
 
     def _train_step(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
@@ -287,6 +364,28 @@ class Trainer:
     def history_path(self) -> Path:
         """The JSON log of finished epochs, kept in step with the checkpoint."""
         return self.checkpoint_dir / "history.json"
+
+    @property
+    def config_path(self) -> Path:
+        """The training-relevant configuration the checkpoint was made with."""
+        return self.checkpoint_dir / "config.json"
+
+    def epoch_orders(self, epoch: int) -> list[np.ndarray]:
+        """Each member's permutation of the training pairs for `epoch`, drawn with its own seed
+        (`training.seed + 1000 * m`), grouped by user with `training.batch_by_user`."""
+        train = self.config.training
+        orders = []
+        for member in range(self.members):
+            rng = np.random.default_rng([train.seed + MEMBER_SEED_STRIDE * member, epoch])
+            order = rng.permutation(len(self.users))
+            if train.batch_by_user:
+                # Users in a random order, each user's pairs together (in a random order):
+                # a batch then holds few users, and the user tower pools each one's history
+                # about once per epoch instead of once per batch it appears in.
+                rank = rng.permutation(int(self.users.max()) + 1)
+                order = order[np.argsort(rank[self.users[order]], kind="stable")]
+            orders.append(order)
+        return orders
 
     def fit(self, resume: bool = False,
             callbacks: Sequence[Callable[[int, dict], object]] = ()) -> TrainingResult:
@@ -306,6 +405,7 @@ class Trainer:
         self.optimizer._create_all_weights(self.model.trainable_variables)
         history: list[dict[str, float]] = []
         if resume and self.manager.latest_checkpoint:
+            check_resumable(self.config_path, self.config)
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
             done = int(self.state["epoch"].numpy())
             if self.history_path.is_file():
@@ -318,6 +418,9 @@ class Trainer:
             import shutil
 
             shutil.rmtree(self.checkpoint_dir)
+        if not self.config_path.is_file():
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            self.config_path.write_text(json.dumps(training_settings(self.config), indent=1))
         resumed_from = int(self.state["epoch"].numpy())
         writer = (tf.summary.create_file_writer(str(self.log_dir))
                   if self.log_dir is not None else None)
@@ -358,14 +461,15 @@ class Trainer:
         """One pass over the shuffled training pairs plus validation; returns the record."""
         train = self.config.training
         started = time.perf_counter()
-        order = np.random.default_rng([train.seed, epoch]).permutation(len(self.users))
-        users, items = self.users[order], self.items[order]
+        orders = np.stack(self.epoch_orders(epoch))
+        users, items = self.users[orders], self.items[orders]
         losses, sizes = [], []
-        for start in range(0, len(order), train.batch_size):
+        for start in range(0, orders.shape[1], train.batch_size):
             stop = start + train.batch_size
-            losses.append(self._step(users[start:stop], items[start:stop]))
-            sizes.append(len(users[start:stop]))
-        loss = float(np.dot([float(v) for v in losses], sizes) / len(order))
+            losses.append(self._step(users[:, start:stop], items[:, start:stop]))
+            sizes.append(users[0, start:stop].size)
+        # Per pair, summed over members.
+        loss = float(np.dot([float(v) for v in losses], sizes) / orders.shape[1])
         train_seconds = time.perf_counter() - started
         metrics = {} if self.validation is None else evaluate_ranking(
             self.model, self.exclude, self.validation, self.candidates, self.k_values,
