@@ -62,9 +62,10 @@ class ModelConfig:
     history_dropout: float = _number(0.3, lo=0.0, hi=1.0, hi_open=True)
     history_leave_one_out: bool = False
     l2_regularization: float = _number(0.05, lo=0.0)
-    # Models trained one after another and joined (embeddings side by side: a score is the
-    # sum of the members' scores); member m applies ensemble_member_overrides[m], if given
-    # (entries beyond ensemble_size are unused, so ensemble_size alone can shrink it).
+    # Members trained side by side in one model, each step giving each its own batch
+    # (embeddings side by side: a score is the sum of the members' scores); member m
+    # applies ensemble_member_overrides[m], if given (entries beyond ensemble_size are
+    # unused, so ensemble_size alone can shrink it).
     ensemble_size: int = _number(1, lo=1)
     ensemble_member_overrides: list[dict[str, Any]] = field(default_factory=list)
 
@@ -74,6 +75,9 @@ class TrainingConfig:
     """Optimisation, schedule, early stopping and the loss."""
 
     batch_size: int = _number(1024, lo=1)
+    # Batches of whole users (users shuffled, each one's pairs together) rather than of
+    # pairs drawn at random: each user's history is then pooled about once per epoch.
+    batch_by_user: bool = False
     epochs: int = _number(30, lo=1)
     learning_rate: float = _number(0.005, lo=0.0, lo_open=True)
     learning_rate_decay_factor: float = _number(0.9, lo=0.0, hi=1.0, lo_open=True)
@@ -375,11 +379,14 @@ def _interval(lo, hi, lo_open, hi_open) -> str:
     return f"{left}{lo_s}, {hi_s}{right}"
 
 
-# What an ensemble member may change: anything that leaves the towers' shapes alone.
-MEMBER_OVERRIDABLE = ("training.", "data.num_negatives", "data.negative_sampling",
-                      "data.popularity_alpha", "model.l2_regularization", "model.dropout",
-                      "model.history_dropout", "model.history_leave_one_out",
-                      "model.temperature")
+# What an ensemble member may change: its loss, negatives and regularisation. The members
+# train in one step (one optimizer, one batch size, one schedule, one early stopping) in
+# towers of one shape, so everything else is shared.
+MEMBER_OVERRIDABLE = ("training.loss", "training.softmax_negatives",
+                      "training.in_batch_negatives", "training.logq_correction",
+                      "data.num_negatives", "data.negative_sampling", "data.popularity_alpha",
+                      "model.l2_regularization", "model.dropout", "model.history_dropout",
+                      "model.history_leave_one_out", "model.temperature")
 
 
 SINGLE_MEMBER = {"model.ensemble_size": 1, "model.ensemble_member_overrides": []}

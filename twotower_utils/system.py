@@ -167,48 +167,27 @@ class TwoTowerRecallSystem:
     def train_model(self, resume: bool = False, save: bool = True, callbacks=()):
         """Train with early stopping and per-epoch checkpoints; returns a `TrainingResult`.
 
-        `resume=True` continues this run_id's last checkpoint (a fresh start if none).
+        `resume=True` continues this run_id's last checkpoint (a fresh start if none; a
+        checkpoint made with other settings is refused, naming the keys that differ).
         With `save=True` the run directory `models/<run_id>/` is written afterwards.
         With `training.refit_with_validation`, a fresh model is then trained on train +
         validation for the best epoch count and replaces the early-stopped one.
 
-        With `model.ensemble_size` K > 1, K single-member models are trained one after
-        another with seeds seed, seed + 1000, ... (each with its own early stopping and refit)
-        and joined into one model (`fitting.join_members`). The result is then the first
-        member's; its `extra` holds every member's best epoch and validation metric and the
-        joined early-stopped members' validation metric (`ensemble_val_<metric>`).
+        With `model.ensemble_size` K > 1 the K members train side by side in one model, every
+        step training each on its own batch (own order, negatives, dropout, loss overrides),
+        early-stopped on the ensemble's validation metric and refitted once
+        (`fitting.train_and_refit`). The result's `extra` then holds each member's own
+        validation metric and the ensemble's (`ensemble_val_<metric>`).
         """
-        from twotower_utils.fitting import (
-            ensemble_summary,
-            join_members,
-            member_config,
-            train_member,
-        )
-        from twotower_utils.model import build_model
+        from twotower_utils.fitting import ensemble_summary, train_and_refit
 
-        members = self.config.model.ensemble_size
-        if members == 1:
-            if self.model is None:
-                self.build_model()
-            self.training_result, _, self.model = train_member(
-                self, self.model, self.config, self.run_id, resume, callbacks)
-        else:
-            if self.data is None:
-                self.prepare_data()
-            early_stopped, final, results = [], [], []
-            for member in range(members):
-                config = member_config(self.config, member)
-                self.log(f"ensemble member {member + 1}/{members} "
-                         f"(seed {config.training.seed})")
-                result, stopped, model = train_member(
-                    self, build_model(self.data, config), config,
-                    f"{self.run_id}-member-{member}", resume, callbacks)
-                early_stopped.append(stopped)
-                final.append(model)
-                results.append(result)
-            self.training_result = results[0]
-            self.training_result.extra.update(ensemble_summary(self, results, early_stopped))
-            self.model = join_members(final, self.data, self.config)
+        if self.model is None:
+            self.build_model()
+        self.training_result, early_stopped, self.model = train_and_refit(
+            self, self.model, self.config, self.run_id, resume, callbacks)
+        if self.config.model.ensemble_size > 1:
+            self.training_result.extra.update(
+                ensemble_summary(self, self.training_result, early_stopped))
         self.refitted = self.config.training.refit_with_validation
         self._user_vectors = self._item_vectors = None
         if save:
