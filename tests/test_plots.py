@@ -139,3 +139,8 @@ def test_heatmap_table_and_split_wording_follow_the_data():
     assert "test period" not in eda.describe_split("random")
     assert "test period" in eda.describe_split("temporal")
     assert isinstance(eda.feature_summary(ITEMS, {}, side="user"), plots.Note)
+
+
+def test_a_map_without_categories_is_one_sentence():
+    note = plots.plot_embedding_2d(RNG.normal(size=(3, 2)), ["unknown"] * 3, "Items (PCA)", "g")
+    assert isinstance(note, plots.Note) and "no category" in note

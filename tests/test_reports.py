@@ -34,6 +34,12 @@ def _executed(root: Path) -> Path:
             new_output("stream", name="stderr",
                        text="UserWarning: non-serializable get_config\n"
                             "E0000 cuInit: CUDA_ERROR_NO_DEVICE\n"),
+            # the same library lines, passed on to stdout by a logging handler
+            new_output("stream", name="stdout",
+                       text="WARNING:tensorflow:Model's arguments: implement `get_config()`\n"
+                            "2026-12-02 00:46:05.1: E external/cuda_platform.cc:51] cuInit\n"
+                            f"{root}/x.py:3: UserWarning: deprecated\n  warnings.warn(w)\n"
+                            "trained 2 epochs\n"),
         ]),
         new_code_cell("plots.plot_x()", outputs=[
             new_output("display_data", data={"image/png": PNG, "text/plain": "<Figure>"}),
@@ -64,7 +70,9 @@ def test_reports_fetch_nothing_and_embed_their_figures(tmp_path):
 def test_shared_report_has_no_warnings_stack_or_machine_paths(tmp_path):
     full, shared = render_html(_executed(tmp_path))
     page = shared.read_text()
-    assert "get_config" not in page and "cuInit" not in page, "stderr is left out"
+    assert "get_config" not in page and "cuInit" not in page, "library warnings are left out"
+    assert "UserWarning" not in page and "warnings.warn" not in page
+    assert "trained 2 epochs" in page, "the notebook's own output stays"
     assert "This cell failed: ZeroDivisionError: division by zero" in page
     assert ".venv/lib" not in page, "no traceback"
     for text in (page, full.read_text()):

@@ -27,8 +27,7 @@ __all__ = [
     "plot_interactions_over_time", "plot_feature_distributions", "plot_association",
     "plot_split_sizes", "plot_training_history", "plot_metric_comparison", "plot_metric_at_k",
     "plot_bucket_metrics", "plot_embedding_2d", "plot_norm_vs_popularity",
-    "plot_score_distributions",
-]
+    "plot_score_distributions"]
 
 PALETTE = sns.color_palette("tab10")
 PANEL = (4.6, 3.4)  # size of one panel, inches
@@ -336,22 +335,24 @@ def plot_bucket_metrics(frame: pd.DataFrame, metric: str, bucket_label: str,
 def plot_embedding_2d(
     coords: np.ndarray, colour: Sequence, title: str, colour_label: str,
     categorical: bool = True, max_legend: int = 10, log_colour: bool = False,
-) -> Figure:
+) -> Figure | Note:
     """Scatter of a 2-D projection of embeddings.
 
     Takes `[n, 2]` coordinates, one colour value per point (a category, or a number such as
     popularity when `categorical` is False; `log_colour` puts numbers on a log scale, values
     below 1 shown as 1), the title and what the colour means. Categorical colours show the
-    `max_legend` most common values, the rest in grey.
+    `max_legend` most common values, the rest in grey; no category at all gives a `Note`.
     """
     coords = np.asarray(coords, dtype=float)
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"coords must be [n, 2]; got shape {coords.shape}")
     if len(colour) != len(coords):
         raise ValueError(f"colour has {len(colour)} values for {len(coords)} points")
+    labels = pd.Series(list(colour), dtype=object).astype(str)
+    if categorical and set(labels) <= {"unknown", "nan"}:
+        return Note(f"{title}: not drawn, the items have no category to colour by.")
     fig, (ax,) = _figure(title=title, panel=(6.4, 5.0))
     if categorical:
-        labels = pd.Series(list(colour), dtype=object).astype(str)
         common = list(labels.value_counts().index[:max_legend])
         shown = labels.where(labels.isin(common), "other")
         palette = dict(zip(common, PALETTE, strict=False)) | {"other": "lightgrey"}

@@ -2,7 +2,8 @@
 
 The full HTML report is for whoever ran the notebook; the `.noinput` one is mailed to people
 who never will. `share_ready` rewrites a notebook's outputs for the latter: stderr streams
-(TensorFlow's warnings, CUDA's `cuInit` message, absl logging, Python warnings) are dropped,
+(TensorFlow's warnings, CUDA's `cuInit` message, absl logging, Python warnings) and the same
+library lines where they reach stdout are dropped,
 a traceback becomes its one-line error, and absolute paths become paths relative to the
 project root (or `~`, or `…/<last part>` for paths elsewhere on the machine). `redact_paths`
 is applied to every report, full ones included, so no HTML names the machine's directories.
@@ -14,12 +15,22 @@ import copy
 import re
 from pathlib import Path
 
-__all__ = ["project_root_of", "redact_paths", "redact_outputs", "share_ready"]
+__all__ = ["project_root_of", "redact_paths", "redact_outputs", "drop_library_noise",
+           "share_ready"]
 
 # An absolute POSIX path of two or more parts, not part of a URL (`https://a/b`) or of a
 # longer word; the parts are the characters file names here use.
 _ABSOLUTE = re.compile(r"(?<![\w:/.~-])/(?:[\w.@+-]+/)+[\w.@+-]*")
 _TEXT_MIMES = ("text/plain", "text/html", "text/markdown")
+# Library log lines that also reach stdout (a logging handler on stdout passes on what
+# TensorFlow logs): Python logging's "LEVEL:tensorflow:", absl's "W0102 10:00:00.1 ...",
+# TensorFlow's C++ "2026-01-02 10:00:00.123: E external/...", and Python's warnings
+# ("file.py:12: UserWarning: ...", followed by the indented source line).
+_NOISE = re.compile(
+    r"^(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):(?:tensorflow|absl|h5py|keras)\b"
+    r"|[IWEF]\d{4} \d\d:\d\d:\d\d"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+    r"|\S+:\d+: \w*Warning: )")
 
 
 def project_root_of(path: str | Path) -> Path | None:
@@ -52,6 +63,22 @@ def redact_paths(text: str, root: str | Path | None = None) -> str:
         return "…/" + parts[-1] if parts else match.group(0)
 
     return _ABSOLUTE.sub(shorten, text)
+
+
+def drop_library_noise(text: str) -> str:
+    """`text` without the library log and warning lines `_NOISE` matches (and the indented
+    source line Python prints under a warning)."""
+    kept, skip_source = [], False
+    for line in text.splitlines(keepends=True):
+        if _NOISE.match(line):
+            skip_source = bool(re.match(r"^\S+:\d+: \w*Warning: ", line))
+            continue
+        if skip_source and line.startswith("  "):
+            skip_source = False
+            continue
+        skip_source = False
+        kept.append(line)
+    return "".join(kept)
 
 
 def _redact_output(output, root) -> None:
@@ -87,8 +114,12 @@ def share_ready(notebook, root: str | Path | None):
             continue
         kept = []
         for output in cell.outputs:
-            if output.get("output_type") == "stream" and output.get("name") == "stderr":
-                continue  # library warnings and C++ logs: noise to a reader of the report
+            if output.get("output_type") == "stream":
+                if output.get("name") == "stderr":
+                    continue  # library warnings and C++ logs: noise to a reader of the report
+                output["text"] = drop_library_noise(output["text"])
+                if not output["text"]:
+                    continue
             if output.get("output_type") == "error":
                 message = redact_paths(f"{output.get('ename')}: {output.get('evalue')}", root)
                 output = new_output("stream", name="stdout",
