@@ -299,7 +299,10 @@ def test_configure_logging_is_idempotent_and_shows_plain_lines(tmp_path):
     assert sum(getattr(h, "_twotower_handler", False) for h in logger.handlers) == 1
     assert is_configured()
     read(write(tmp_path, interactions="user_id,item_id,label\n1,i1,1\n1,i1,1\n"))
-    assert stream.getvalue().startswith("interactions.csv: removed 1 duplicate row(s)")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("interactions.csv: data.label = 'column'"), "plain lines"
+    assert lines[1].startswith("interactions.csv: removed 1 duplicate row(s)")
+    assert len(lines) == 2, "each line once"
     with pytest.raises(ValueError, match="logging level 'loud'"):
         configure_logging("loud")
 

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -120,6 +121,65 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class UsersColumns:
+    """Column names of `data.users_csv`."""
+
+    user_id: str = "user_id"
+
+
+@dataclass(frozen=True)
+class ItemsColumns:
+    """Column names of `data.items_csv`."""
+
+    item_id: str = "item_id"
+
+
+@dataclass(frozen=True)
+class InteractionsColumns:
+    """Column names of `data.interactions_csv`; null = the file has no such column (rating
+    and timestamp are optional; the label column is read only with `data.label = "column"`)."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    label: str | None = "label"
+    rating: str | None = "rating"
+    timestamp: str | None = "timestamp"
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """Which column of each CSV file holds the ids, label, rating and timestamp, so raw files
+    (`userId,movieId,rating,timestamp`) are read as they are instead of being renamed."""
+
+    users: UsersColumns = field(default_factory=UsersColumns)
+    items: ItemsColumns = field(default_factory=ItemsColumns)
+    interactions: InteractionsColumns = field(default_factory=InteractionsColumns)
+
+
+LABEL_MODES = ("column", "all_positive", "rating >= t", "rating > t")
+_LABEL_THRESHOLD = re.compile(r"\s*rating\s*(>=|>)\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*")
+
+
+def parse_label(text: str) -> tuple[str, str | None, float | None]:
+    """Read `data.label`: returns `(mode, operator, threshold)`.
+
+    `"column"` and `"all_positive"` give `(text, None, None)`; a threshold on the rating
+    column such as `"rating >= 4"` or `"rating > 3.5"` gives `("rating", ">=", 4.0)`.
+    Raises `ConfigError` naming the key, the value and the accepted forms.
+    """
+    if text in ("column", "all_positive"):
+        return text, None, None
+    match = _LABEL_THRESHOLD.fullmatch(str(text))
+    if not match:
+        raise ConfigError(
+            f"data.label = {text!r}: expected 'column' (the label column, 0 or 1), "
+            "'all_positive' (every row is an interaction) or a threshold on the rating "
+            "column such as 'rating >= 4' or 'rating > 3.5'"
+        )
+    return "rating", match.group(1), float(match.group(2))
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the data comes from, its declared features, the split and the negatives.
 
@@ -129,9 +189,17 @@ class DataConfig:
 
     dataset: str = _choice(*DATASETS, default="movielens-100k")
     ml100k_dir: str | None = None
+    # users_csv/items_csv may be null for a csv dataset: the ids then come from the
+    # interactions and that side has no features.
     users_csv: str | None = None
     items_csv: str | None = None
     interactions_csv: str | None = None
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    # "column" | "all_positive" | "rating >= t" (see parse_label); rows below a rating
+    # threshold become explicit negatives (label 0).
+    label: str = "column"
+    # Cells of feature columns that mean "unknown" (e.g. "(no genres listed)"); read as empty.
+    missing_values: list[str] = field(default_factory=list)
     user_features: dict[str, str] | None = None
     item_features: dict[str, str] | None = None
     missing_feature_rows: str = _choice("drop", "keep", default="drop")
@@ -457,9 +525,17 @@ def _cross_checks(config: Config) -> list[str]:
                     f"{', '.join(map(repr, FEATURE_TYPES))}"
                 )
     if data.dataset == "csv":
-        for key in ("users_csv", "items_csv", "interactions_csv"):
-            if getattr(data, key) is None:
-                problems.append(f"data.{key} = None: required when data.dataset is 'csv'")
+        if data.interactions_csv is None:
+            problems.append("data.interactions_csv = None: required when data.dataset is 'csv'")
+        for side in ("user", "item"):
+            declared = getattr(data, f"{side}_features")
+            if getattr(data, f"{side}s_csv") is None and declared:
+                problems.append(
+                    f"data.{side}_features = {declared!r}: data.{side}s_csv is null, so "
+                    f"{side}s have no feature table; set data.{side}s_csv or set "
+                    f"data.{side}_features to null"
+                )
+    problems.extend(_label_problems(data))
     if data.split.method == "benchmark" and data.split.train_ratio != 0.75:
         problems.append(
             f"data.split.train_ratio = {data.split.train_ratio!r}: the benchmark split is fixed "
@@ -492,3 +568,17 @@ def _cross_checks(config: Config) -> list[str]:
             "in-batch negatives, logQ correction needs data.negative_sampling = 'popularity'"
         )
     return problems
+
+
+def _label_problems(data: DataConfig) -> list[str]:
+    """`data.label` must parse and name a column the mapping keeps."""
+    try:
+        mode, _, _ = parse_label(data.label)
+    except ConfigError as error:
+        return [str(error)]
+    role = {"column": "label", "rating": "rating"}.get(mode)
+    if role and getattr(data.columns.interactions, role) is None:
+        return [f"data.label = {data.label!r} reads the {role} column, but "
+                f"data.columns.interactions.{role} is null; name the column or set "
+                "data.label to 'all_positive'"]
+    return []

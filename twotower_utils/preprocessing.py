@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from twotower_utils.config import Config, load_config
+from twotower_utils.datasummary import report_features, summarise
 from twotower_utils.features import FeatureEncoder
 from twotower_utils.fingerprint import FINGERPRINT_FILE, data_fingerprint
 from twotower_utils.io import atomic_directory, write_json
@@ -32,7 +33,7 @@ from twotower_utils.processed import ProcessedData, load_processed
 from twotower_utils.sampling import sample_negatives, sorted_unique
 from twotower_utils.splits import split_mask
 
-__all__ = ["DataPreprocessor", "ProcessedData", "load_processed", "main"]
+__all__ = ["DataPreprocessor", "ProcessedData", "load_processed", "main", "summarise"]
 
 ID_FEATURE = "__id__"  # per-side table mapping an index to its id-embedding row (0 if unseen)
 
@@ -69,13 +70,15 @@ class DataPreprocessor:
     def load_data(self):
         """Load and validate the configured dataset; returns the `RawDataset`.
 
+        Labels come from `data.label` (the label column, every row, or a rating threshold).
         Explicit negatives (label 0) are kept aside in `self.explicit_negatives`; everything
         downstream works on the positives. Duplicate and conflicting (user, item) rows are
         resolved while loading (`data.duplicates`, `data.conflicting_labels`), so no pair can
         reach two splits. Ids become vocabularies with an out-of-vocabulary slot at index 0;
-        feature encoders are fitted on the feature tables. What loading drops or changes is
-        logged (`twotower_utils.data`, and to `log` unless `configure_logging` shows it) and
-        kept in the notes of `stats()`.
+        feature encoders are fitted on the feature tables, and each feature is logged with its
+        encoded size, each column not used (on every side) by name. What loading drops or
+        changes is logged (`twotower_utils.data`, and to `log` unless `configure_logging`
+        shows it) and kept in the notes of `stats()`.
         """
         from twotower_utils.datasets import load_dataset
 
@@ -99,6 +102,8 @@ class DataPreprocessor:
             self.item_features = raw.item_features if self.config.model.use_item_features else {}
             self.user_encoder = FeatureEncoder.fit(raw.users, self.user_features)
             self.item_encoder = FeatureEncoder.fit(raw.items, self.item_features)
+            self.feature_sizes = report_features(raw, self.config.model,
+                                                  self.user_encoder, self.item_encoder)
             self._user_index = _index_lookup(self.user_vocab)
             self._item_index = _index_lookup(self.item_vocab)
             indexed = raw.interactions.assign(
@@ -271,9 +276,12 @@ class DataPreprocessor:
     def stats(self) -> dict[str, Any]:
         """Counts, sparsity, split sizes, input hygiene and notes of the current state.
 
-        Returns a JSON-able dict (what `stats.json` holds): `input_hygiene` counts the
-        duplicate and conflicting (user, item) rows collapsed before the split, and `notes`
-        lists everything loading dropped or changed, in words.
+        Returns a JSON-able dict (what `stats.json` holds): `labels` says how the labels were
+        made (`data.label`, with the positive and explicit-negative rows it produced),
+        `input_hygiene` counts the duplicate and conflicting (user, item) rows collapsed before
+        the split, `features` lists each feature the towers get with its encoded size,
+        `unused_columns` names per file the columns not used, and `notes` lists everything
+        loading dropped or changed, in words.
         """
         num_users, num_items = len(self.user_vocab), len(self.item_vocab)
         # Indices, not id strings: at 10M interactions string sets cost seconds per call.
@@ -297,6 +305,7 @@ class DataPreprocessor:
             "num_interactions": int(len(self.positives)),
             "num_explicit_negatives": int(len(self.explicit_negatives)),
             "sparsity": 1.0 - num_pairs / float(num_users * num_items),
+            "labels": dict(getattr(self.raw, "labels", {})),
             "input_hygiene": hygiene,
             "splits": {
                 name: {
@@ -313,6 +322,8 @@ class DataPreprocessor:
             "negatives_sampled_from": int(getattr(self, "negatives_population", 0)),
             "user_features": dict(self.user_features),
             "item_features": dict(self.item_features),
+            "features": getattr(self, "feature_sizes", {}),
+            "unused_columns": dict(getattr(self.raw, "unused_columns", {})),
             "notes": list(self.raw.notes) + ([note] if note else []),
             "timings_seconds": {k: round(v, 3) for k, v in self.timings.items()},
         }
@@ -375,28 +386,6 @@ def _index_lookup(vocab: list[str]) -> Callable[[pd.Series], np.ndarray]:
         return (positions + 1).astype(np.int32)  # -1 (unknown) becomes 0, the OOV slot
 
     return lookup
-
-
-def summarise(stats: dict[str, Any], directory: Path) -> str:
-    """A short human-readable summary of `stats.json` (a dict), for the terminal; a string."""
-    hygiene = stats.get("input_hygiene", {})
-    sampled = stats.get("negatives_sampled_from", 0)
-    lines = [
-        f"dataset {stats['dataset']}: {stats['num_users']:,} users, {stats['num_items']:,} items, "
-        f"{stats['num_interactions']:,} positive interactions "
-        f"(sparsity {stats['sparsity']:.4f})",
-        f"input hygiene: {hygiene.get('duplicate_rows_removed', 0):,} duplicate row(s) of "
-        f"{hygiene.get('duplicate_pairs', 0):,} pair(s) removed, "
-        f"{hygiene.get('conflicting_pairs', 0):,} pair(s) with conflicting labels resolved",
-        f"split '{stats['split_method']}': "
-        + ", ".join(f"{name} {info['rows']:,}" for name, info in stats["splits"].items()),
-        f"negatives for inspection: {stats['num_negatives']:,}"
-        + (f" (a sample of {sampled:,})" if sampled > stats["num_negatives"] else ""),
-        *[f"note: {note}" for note in stats["notes"]],
-        f"timings (s): {stats['timings_seconds']}",
-        f"written to {directory}",
-    ]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

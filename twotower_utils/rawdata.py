@@ -40,7 +40,10 @@ class RawDataset:
     `user_features`/`item_features` map a column to "categorical", "numeric" or "multi_hot"
     (multi-hot values are "|"-separated strings). `notes` are human-readable lines about what
     loading did (rows dropped or changed, where the data came from); `hygiene` counts what
-    `resolve_pairs` collapsed (duplicate and conflicting (user, item) rows).
+    `resolve_pairs` collapsed (duplicate and conflicting (user, item) rows); `labels` says how
+    the labels were made (`data.label` and the counts it produced, before duplicates are
+    collapsed; empty when the source's own labels were kept as they are); `unused_columns`
+    names, per file ("users", "items", "interactions"), the columns the data stage ignores.
     """
 
     name: str
@@ -51,6 +54,8 @@ class RawDataset:
     item_features: dict[str, str]
     notes: list[str] = field(default_factory=list)
     hygiene: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+    unused_columns: dict[str, list[str]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         # The default dataclass repr would print three whole DataFrames.
