@@ -1,8 +1,9 @@
 """Sweeps: grid files parse into points, and a 2x2 grid runs, fails one point, compares.
 
 The end-to-end test runs a 2x2 grid (embedding size x learning rate) on a tiny synthetic
-dataset with FAST settings and one BCE model, through the preprocessing, training and
-evaluation stages (~2 minutes on two busy cores). One point fails on purpose: the copied
+dataset with FAST settings and one BCE model, through the EDA (once: the data settings are
+the same for every point), preprocessing, training and evaluation stages (~2.5 minutes on
+two busy cores). One point fails on purpose: the copied
 training notebook gets one extra cell that stops it for that combination, so the failure
 goes through the real path (a notebook error), not a mock.
 """
@@ -23,7 +24,7 @@ from twotower_utils import sweeps
 PROJECT = Path(__file__).resolve().parents[1]
 GRID = {
     "name": "tiny",
-    "stages": ["preprocessing", "training", "evaluation"],
+    "stages": ["eda", "preprocessing", "training", "evaluation"],
     "base": {**SMALL_SYNTHETIC, "data.synthetic.num_users": 150,
              "data.synthetic.num_items": 80, "data.synthetic.num_interactions": 2500,
              "FAST": True},
@@ -67,7 +68,9 @@ def tiny_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     shutil.copy(PROJECT / "config.json", root / "config.json")
     notebooks = root / "notebooks"
-    shutil.copytree(PROJECT / "notebooks", notebooks)
+    notebooks.mkdir()
+    for path in (PROJECT / "notebooks").glob("*.ipynb"):  # not the kernels' ipc sockets
+        shutil.copy(path, notebooks / path.name)
     training = nbformat.read(notebooks / "03_training.ipynb", as_version=4)
     training.cells.insert(3, new_code_cell(
         "assert not (run.config.model.embedding_dim == 8 and"
@@ -91,6 +94,12 @@ def test_sweep_runs_every_point_records_the_failure_and_compares(tiny_sweep):
             assert run["validation"]["ndcg@10"] > 0 and run["test"]["ndcg@10"] > 0
             assert {r["name"] for r in run["reports"]} == set(GRID["stages"])
     assert record["best"] in status
+    first, *later = record["runs"]
+    assert "eda_from" not in first and (reports / first["run_id"] / "01_eda.html").is_file()
+    for run in later:  # same data settings: the EDA ran once, the others link it
+        assert run["eda_from"] == first["run_id"]
+        assert not (reports / run["run_id"] / "01_eda.ipynb").exists()
+        assert run["reports"][0]["html"] == f"{first['run_id']}/01_eda.html"
     saved = json.loads((reports / "sweeps" / "tiny" / "sweep.json").read_text())
     assert saved["best"] == record["best"] and saved["html"] == "sweep_report.html"
 

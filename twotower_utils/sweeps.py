@@ -10,7 +10,9 @@ setting, default `ndcg@10`). Keys are the pipeline's parameters: dotted config k
 (`training.learning_rate`) or UPPER_CASE notebook parameters (`FAST`).
 
 Each point runs through `pipeline.run_pipeline` as run `<sweep id>-<point>`, with its own
-reports and row in `reports/index.html`; a point that fails (a notebook error, a bad value)
+reports and row in `reports/index.html`. Points with the same data settings share the
+processed data (the pipeline keys it by those settings) and the EDA: only the first of them
+runs `01_eda`, the others link its report. A point that fails (a notebook error, a bad value)
 is recorded with its error and the others still run. The sweep's record
 (`reports/sweeps/<sweep id>/sweep.json`) and its report (`sweep_report.ipynb`, executed and
 rendered like the stage notebooks: a table of validation and test metrics per run, a plot
@@ -127,6 +129,19 @@ def _split(settings: Mapping[str, Any]) -> tuple[dict, dict]:
     return {k: v for k, v in settings.items() if k not in params}, params
 
 
+def _data_key(overrides: Mapping[str, Any]) -> str:
+    """The settings that shape the data a run explores (`data.*`, `model.use_*`), as text."""
+    shaping = {k: v for k, v in overrides.items()
+               if k == "data" or k.startswith(("data.", "model.use_"))}
+    return json.dumps(shaping, sort_keys=True, default=str)
+
+
+def _stages_of(stages: list[str] | None) -> list[str]:
+    from twotower_utils.pipeline import select_stages
+
+    return select_stages(stages or None)
+
+
 def _outcome(reports_root: Path, run_id: str, metric: str) -> dict[str, Any]:
     """Validation (best epoch) and test metrics and report links of a finished run."""
     summary_path = reports_root / run_id / "summary.json"
@@ -175,6 +190,7 @@ def run_sweep(source: str | Path | Mapping, config_path: str | Path = "config.js
               "metric": sweep.metric, "stages": sweep.stages,
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "base": sweep.base,
               "overrides": shared, "parameters": shared_params, "runs": []}
+    eda_runs: dict[str, str] = {}  # data settings -> the run whose EDA report they share
     for position, point in enumerate(sweep.points, start=1):
         run_id = f"{sweep_id}-{point.name}"[:100]
         point_overrides, point_params = _split(point.settings)
@@ -182,10 +198,15 @@ def run_sweep(source: str | Path | Mapping, config_path: str | Path = "config.js
         entry = {"name": point.name, "run_id": run_id, "settings": point.settings,
                  "status": "running"}
         record["runs"].append(entry)
+        data = _data_key({**shared, **point_overrides})
+        stages = _stages_of(sweep.stages)
+        if "eda" in stages and data in eda_runs:
+            # The same data explored again would be the same report: link the first one.
+            stages, entry["eda_from"] = [s for s in stages if s != "eda"], eda_runs[data]
         t0 = time.perf_counter()
         try:
             run_pipeline(config_path, {**shared, **point_overrides},
-                         {**shared_params, **point_params}, run_id=run_id, stages=sweep.stages,
+                         {**shared_params, **point_params}, run_id=run_id, stages=stages,
                          notebooks_dir=notebooks_dir, log=log, **pipeline_options)
             entry["status"] = "ok"
         except StageError as err:
@@ -195,6 +216,11 @@ def run_sweep(source: str | Path | Mapping, config_path: str | Path = "config.js
         finally:
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             entry.update(_outcome(reports_root, run_id, sweep.metric))
+            if entry.get("eda_from"):
+                shared_eda = _outcome(reports_root, entry["eda_from"], sweep.metric)["reports"]
+                entry["reports"] = [r for r in shared_eda if r["name"] == "eda"] + entry["reports"]
+            elif any(r["name"] == "eda" for r in entry["reports"]):
+                eda_runs.setdefault(data, run_id)
             _write_record(sweep_dir, record)
     record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     record["best"] = _best_name(record)
