@@ -215,6 +215,8 @@ def run_sweep(source: str | Path | Mapping, config_path: str | Path = "config.js
             entry.update(status="failed", failure=f"{type(err).__name__}: {err}")
         finally:
             entry["seconds"] = round(time.perf_counter() - t0, 2)
+            if entry.get("failure"):
+                log(f"point {point.name} failed (the sweep goes on): {entry['failure']}")
             entry.update(_outcome(reports_root, run_id, sweep.metric))
             if entry.get("eda_from"):
                 shared_eda = _outcome(reports_root, entry["eda_from"], sweep.metric)["reports"]
