@@ -226,3 +226,20 @@ def test_raw_files_through_inspect_to_a_finished_fast_run(tmp_path, mode):
     assert recorded["unused_columns"]["items"] == ["title"]
     if mode == "rating":
         assert summary["metrics"]["two_tower"]["ndcg@10"] >= 0
+
+
+def test_a_config_error_is_printed_once_and_make_help_shows_the_pipeline_options(
+        tmp_path, capsys):
+    import shutil
+    import subprocess
+
+    shutil.copy(_project_config(), tmp_path / "config.json")  # an ensemble of four members
+    assert pipeline.main(["--config", str(tmp_path / "config.json"),
+                          "-p", "data.label", "rating => 4"]) == 2
+    assert capsys.readouterr().err.count("data.label = 'rating => 4'") == 1
+    if shutil.which("make"):
+        text = subprocess.run(["make", "help"], capture_output=True, text=True, check=True,
+                              cwd=_project_config().parent).stdout
+        for option in ("--config FILE", "--cell-timeout", "--from-stage", "--run-id",
+                       "resume", "make inspect"):
+            assert option in text, option
