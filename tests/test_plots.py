@@ -57,6 +57,10 @@ FIGURES = {
         log_colour=True),
     "norms": lambda: plots.plot_norm_vs_popularity(RNG.normal(size=(30, 4)), np.arange(30)),
     "scores": lambda: plots.plot_score_distributions(RNG.normal(1, size=50), RNG.normal(size=80)),
+    "sweep_levers": lambda: __import__("twotower_utils.sweeps").sweeps.plot_levers(
+        pd.DataFrame({"dim": ["8", "8", "16", "16"], "lr": ["0.1", "0.2", "0.1", "0.2"],
+                      "status": ["ok", "failed", "ok", "ok"],
+                      "validation ndcg@10": [0.1, None, 0.3, 0.4]}), ["dim", "lr"]),
 }
 
 
@@ -84,7 +88,8 @@ def test_absent_data_gives_one_sentence_not_an_empty_figure():
 
 
 def test_legends_sit_outside_the_axes():
-    for name in ("history", "comparison", "buckets", "scores", "embedding_categories"):
+    for name in ("history", "comparison", "buckets", "scores", "embedding_categories",
+                 "sweep_levers"):
         fig = FIGURES[name]()
         fig.canvas.draw()
         for ax in fig.axes:
