@@ -243,3 +243,18 @@ def test_a_config_error_is_printed_once_and_make_help_shows_the_pipeline_options
         for option in ("--config FILE", "--cell-timeout", "--from-stage", "--run-id",
                        "resume", "make inspect"):
             assert option in text, option
+
+
+def test_a_users_file_with_its_own_id_name_joins_the_log(tmp_path):
+    ratings, movies = write_raw(tmp_path / "raw", users=6)
+    (tmp_path / "raw" / "people.csv").write_text(
+        "person,age,city\n" + "".join(f"{u}.0,{20 + u},c{u % 2}\n" for u in range(1, 7)))
+    raw = load_dataset(own_config(tmp_path, tmp_path / "raw", **{
+        "data.users_csv": str(tmp_path / "raw" / "people.csv"),
+        "data.columns.users.user_id": "person", "data.user_features": {"age": "numeric"},
+        "data.label": "all_positive"}))
+    assert list(raw.users.columns) == ["user_id", "age", "city"]
+    assert sorted(raw.users["user_id"]) == [str(u) for u in range(1, 7)], "'1.0' read as '1'"
+    assert len(raw.interactions) == 6 * 14
+    assert "people.csv: column(s) not used: city" in " | ".join(raw.notes)
+    assert raw.unused_columns == {"users": ["city"], "items": ["title"], "interactions": []}

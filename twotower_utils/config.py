@@ -156,7 +156,6 @@ class ColumnsConfig:
     interactions: InteractionsColumns = field(default_factory=InteractionsColumns)
 
 
-LABEL_MODES = ("column", "all_positive", "rating >= t", "rating > t")
 _LABEL_THRESHOLD = re.compile(r"\s*rating\s*(>=|>)\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*")
 
 

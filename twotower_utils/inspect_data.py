@@ -39,7 +39,6 @@ _USER_NAME = re.compile(r"(?i)(user|customer|visitor|member|client|account|perso
 # Cells that stand for "none" in a feature column: "(no genres listed)", "unknown", "n/a".
 _PLACEHOLDER = re.compile(r"(?i)^\s*(\(.*\)|unknown|n/?a|none|-|\?)\s*$")
 _SEPARATORS = ("|", ";", ",")
-_ROLES = {"users": "user_id", "items": "item_id", "interactions": None}
 
 
 @dataclass
