@@ -358,15 +358,17 @@ def training_summary(result) -> pd.DataFrame:
         rows.append(("refit on train + validation (epochs, s)",
                      f"{extra['refit_epochs']}, {extra['refit_seconds']:.1f}"))
     if f"ensemble_val_{metric}" in extra:
-        rows += [
-            ("ensemble members", len(extra["member_best_epochs"])),
-            ("members' best epochs", ", ".join(map(str, extra["member_best_epochs"]))),
-            (f"members' best validation {metric}",
-             ", ".join(f"{v:.4f}" for v in extra[f"member_val_{metric}"])),
-            (f"ensemble validation {metric} (early-stopped members joined)",
-             f"{extra[f'ensemble_val_{metric}']:.4f}"),
-            ("all members' training time (s)", f"{sum(extra['member_seconds']):.1f}"),
-        ]
+        # What the ensemble's training reported: each row only where it was recorded.
+        members = extra.get(f"member_val_{metric}") or []
+        epochs = extra.get("member_best_epochs")
+        rows += [("ensemble members", len(members) or None),
+                 ("members' best epochs", ", ".join(map(str, epochs)) if epochs else None),
+                 (f"members' best validation {metric}",
+                  ", ".join(f"{v:.4f}" for v in members) if members else None),
+                 (f"ensemble validation {metric}", f"{extra[f'ensemble_val_{metric}']:.4f}")]
+        if "member_seconds" in extra:
+            rows.append(("all members' training time (s)", f"{sum(extra['member_seconds']):.1f}"))
+        rows = [(name, value) for name, value in rows if value is not None]
     return pd.DataFrame(rows, columns=["quantity", "value"]).set_index("quantity")
 
 
