@@ -573,3 +573,38 @@ def test_resuming_with_other_settings_is_refused_naming_the_keys(project_root, w
                                  run_id=run_id, log=None)
     third.prepare_data(reuse=True)
     assert third.train_model(resume=True, save=False).resumed_from == 1
+
+
+def test_each_member_keeps_its_own_best_epoch_and_the_refit_takes_it(data, workdir,
+                                                                    project_root):
+    from twotower_utils.ensemble import member_metrics, read_member
+    from twotower_utils.model import build_model
+    from twotower_utils.training import Trainer
+
+    config = load_config(project_root / "config.json", small_overrides(workdir, **{
+        "model.ensemble_size": 2, "training.epochs": 4, "training.learning_rate": 0.05,
+        "model.ensemble_member_overrides": [{}, {"training.loss": "softmax"}]}))
+    model = build_model(data, config)
+    validation = data.interactions("validation")
+    trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
+                      data.train["item_idx"].to_numpy(), validation, data.history,
+                      checkpoint_dir=workdir / "member-stopping", log=None)
+    result = trainer.fit()
+    epochs = result.extra["member_best_epochs"]
+    curves = [[r[f"member{m}_ndcg@10"] for r in result.history] for m in range(2)]
+    assert epochs == [int(np.argmax(c)) + 1 for c in curves]
+    assert result.best_epoch == max(epochs)
+    # Each member's slice is back at its own best epoch.
+    assert member_metrics(model, data.history, validation, trainer.candidates,
+                          "ndcg@10") == pytest.approx([max(c) for c in curves], abs=1e-6)
+    refit = build_model(data, config)
+    snapshots = {}
+    refitter = Trainer(refit, config, data.train["user_idx"].to_numpy(),
+                       data.train["item_idx"].to_numpy(), None, data.history,
+                       checkpoint_dir=workdir / "member-refit", log=None, member_epochs=[1, 2])
+    refitter.fit(callbacks=[lambda epoch, _r: snapshots.setdefault(epoch, [
+        read_member(refit, m) for m in range(2)])])
+    for member, epoch in enumerate([1, 2]):
+        for ours, theirs in zip(read_member(refit, member), snapshots[epoch][member],
+                                strict=True):
+            np.testing.assert_array_equal(ours, theirs)

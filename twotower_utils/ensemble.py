@@ -11,11 +11,22 @@ per member.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from twotower_utils.config import SINGLE_MEMBER, Config
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-__all__ = ["MEMBER_SEED_STRIDE", "MemberSettings", "member_config", "member_settings"]
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from twotower_utils.config import SINGLE_MEMBER, Config  # noqa: E402
+from twotower_utils.evaluation import ranking_metrics, top_k_scores  # noqa: E402
+
+__all__ = ["MEMBER_SEED_STRIDE", "MemberSettings", "MemberStopping", "member_config",
+           "member_metrics", "member_settings", "member_variables", "read_member",
+           "write_member"]
 
 MEMBER_SEED_STRIDE = 1000  # runs with seeds s and s + 1 must not share members
 
@@ -71,3 +82,120 @@ def member_settings(config: Config, **options) -> list[MemberSettings]:
             negative_sampling=data.negative_sampling,
             popularity_alpha=float(data.popularity_alpha), seed=int(train.seed)))
     return out
+
+
+def member_variables(model, member: int) -> list[tuple]:
+    """`(variable, columns)` pairs that hold member `member`'s weights in an ensemble model:
+    its column slice of every wide table (`columns` a slice) and its own layers' variables
+    (`columns` None: the whole variable)."""
+    out = []
+    for tower in (model.user_tower, model.item_tower):
+        tables = [tower.id_embedding, tower.history_embedding,
+                  *tower.feature_embeddings.values()]
+        for layer in tables:
+            if layer is not None:
+                width = layer.embeddings.shape[1] // tower.members
+                out.append((layer.embeddings, slice(member * width, (member + 1) * width)))
+        hidden, projection = tower.member_layers[member]
+        layers = [layer for group in hidden for layer in group]
+        layers += [projection] if projection is not None else []
+        out += [(variable, None) for layer in layers for variable in layer.weights]
+    return out
+
+
+def read_member(model, member: int) -> list[np.ndarray]:
+    """Member `member`'s weights (numpy, in `member_variables` order)."""
+    return [variable.numpy()[:, columns] if columns is not None else variable.numpy()
+            for variable, columns in member_variables(model, member)]
+
+
+def write_member(model, member: int, values: list[np.ndarray]) -> None:
+    """Put weights read by `read_member` back into member `member`'s place."""
+    for (variable, columns), value in zip(member_variables(model, member), values,
+                                          strict=True):
+        if columns is None:
+            variable.assign(value)
+        else:
+            full = variable.numpy()
+            full[:, columns] = value
+            variable.assign(full)
+
+
+def member_metrics(model, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
+                   candidates: np.ndarray | None, metric: str) -> list[float]:
+    """Each member's `metric` (e.g. "ndcg@10") on `relevant`, scored by its own slice of the
+    embeddings alone (`exclude`: items never recommended; `candidates`: recommendable)."""
+    name, k = metric.split("@")[0], int(metric.split("@")[1])
+    relevant = sp.csr_matrix(relevant)
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    user_vec, item_vec = model.user_embeddings(users), model.item_embeddings()
+    width = user_vec.shape[1] // model.members
+    values = []
+    for member in range(model.members):
+        part = slice(member * width, (member + 1) * width)
+        top, _ = top_k_scores(user_vec[:, part], item_vec[:, part], k,
+                              exclude=sp.csr_matrix(exclude)[users], candidates=candidates)
+        values.append(float(ranking_metrics(top, relevant[users], (k,), (name,))[metric]))
+    return values
+
+
+class MemberStopping:
+    """Early stopping per ensemble member, and each member's weights from its own epoch.
+
+    With validation (`member_epochs` None): member m's best epoch is the one its own slice
+    of the embeddings scores best on, it stops counting after `patience` epochs without
+    improving, and training stops once every member has. Without validation (a refit),
+    member m's weights are taken at epoch `member_epochs[m]`. Snapshots go to
+    `directory/member-<m>.npz` (they survive a resume); `assemble` writes each member's
+    snapshot into the model. `state` (best epochs, metrics, waits) belongs in the checkpoint.
+    """
+
+    def __init__(self, model, directory: Path, member_epochs: list[int] | None = None):
+        members = model.members
+        self.model, self.directory, self.member_epochs = model, Path(directory), member_epochs
+        self.state = {
+            "member_best_epoch": tf.Variable(tf.zeros([members], tf.int64), trainable=False),
+            "member_best_metric": tf.Variable(tf.fill([members], tf.constant(-np.inf,
+                                                                             tf.float64)),
+                                              trainable=False),
+            "member_wait": tf.Variable(tf.zeros([members], tf.int64), trainable=False),
+        }
+
+    def update(self, epoch: int, values: list[float] | None = None) -> bool:
+        """After `epoch`: snapshot the members that improved (validation `values`) or whose
+        epoch it is (refit); returns whether any member was snapshotted."""
+        best = self.state["member_best_metric"].numpy()
+        wait = self.state["member_wait"].numpy()
+        best_epoch = self.state["member_best_epoch"].numpy()
+        chosen = []
+        for member in range(self.model.members):
+            if values is None:
+                if self.member_epochs[member] == epoch:
+                    chosen.append(member)
+                    best_epoch[member] = epoch
+            elif values[member] > best[member]:
+                best[member], best_epoch[member], wait[member] = values[member], epoch, 0
+                chosen.append(member)
+            else:
+                wait[member] += 1
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for member in chosen:
+            np.savez(self.directory / f"member-{member}.npz",
+                     *read_member(self.model, member))
+        for key, value in (("member_best_metric", best), ("member_wait", wait),
+                           ("member_best_epoch", best_epoch)):
+            self.state[key].assign(value)
+        return bool(chosen)
+
+    def exhausted(self, patience: int) -> bool:
+        """Has every member gone `patience` epochs without improving?"""
+        return bool((self.state["member_wait"].numpy() >= max(patience, 1)).all())
+
+    def assemble(self) -> None:
+        """Write each member's snapshot (if it has one) into its place in the model."""
+        for member in range(self.model.members):
+            path = self.directory / f"member-{member}.npz"
+            if path.is_file():
+                with np.load(path) as saved:
+                    write_member(self.model, member,
+                                 [saved[f"arr_{i}"] for i in range(len(saved.files))])

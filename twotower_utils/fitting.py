@@ -4,9 +4,10 @@
 `training.refit_with_validation`, trains a fresh one on train + validation for the best epoch
 count (`refit`): two trainings, whatever `model.ensemble_size` is. An ensemble is one model
 whose K members train side by side in every step, each on its own batch order with its own
-negatives, dropout and overrides (see `ensemble` and `training.Trainer`), and early stopping
-watches the ensemble itself: the members are served together, so their joint validation
-metric picks the epoch count, which the refit then trains all of them for.
+negatives, dropout and overrides (see `ensemble` and `training.Trainer`); each member is
+early-stopped on its own validation score and keeps its best epoch's weights, and the refit
+trains them all for the longest of those epoch counts, taking member m's weights at its own
+(`ensemble.MemberStopping`).
 `ensemble_summary` adds each member's own validation metric. `join_members` writes trained
 single-member models into one K-member model (members trained elsewhere can be joined).
 """
@@ -23,8 +24,7 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from twotower_utils.config import Config  # noqa: E402
-from twotower_utils.ensemble import MEMBER_SEED_STRIDE, member_config  # noqa: E402
-from twotower_utils.evaluation import ranking_metrics, top_k_scores  # noqa: E402
+from twotower_utils.ensemble import MEMBER_SEED_STRIDE, member_config, member_metrics  # noqa: E402
 from twotower_utils.model import TwoTowerModel, build_model  # noqa: E402
 from twotower_utils.training import Trainer  # noqa: E402
 
@@ -49,14 +49,16 @@ def train_and_refit(system, model, config: Config, name: str, resume: bool, call
     result = trainer.fit(resume=resume, callbacks=callbacks)
     if not (config.training.refit_with_validation and result.best_epoch):
         return result, model, model
-    refitted, seconds = refit(system, config, result.best_epoch, name, resume)
+    refitted, seconds = refit(system, config, result.best_epoch, name, resume,
+                              result.extra.get("member_best_epochs"))
     result.extra.update(refit_epochs=result.best_epoch, refit_seconds=seconds)
     return result, model, refitted
 
 
-def refit(system, config: Config, epochs: int, name: str, resume: bool):
-    """A fresh model trained on train + validation for `epochs`; returns it and the
-    seconds it took."""
+def refit(system, config: Config, epochs: int, name: str, resume: bool,
+          member_epochs: list[int] | None = None):
+    """A fresh model trained on train + validation for `epochs` (an ensemble's member m
+    taken at `member_epochs[m]`); returns it and the seconds it took."""
     data = system.data
     both = pd.concat([data.train, data.validation], ignore_index=True)
     refit_data = replace(data, train=both, validation=data.validation.iloc[:0],
@@ -68,7 +70,8 @@ def refit(system, config: Config, epochs: int, name: str, resume: bool):
         model, config, both["user_idx"].to_numpy(), both["item_idx"].to_numpy(), None,
         system._serving_history,
         checkpoint_dir=config.path("models_dir") / ".checkpoints" / f"{name}-refit",
-        log_dir=config.path("logs_dir") / name / "refit", log=system.log)
+        log_dir=config.path("logs_dir") / name / "refit", log=system.log,
+        member_epochs=member_epochs)
     return model, trainer.fit(resume=resume).seconds
 
 
@@ -86,18 +89,8 @@ def ensemble_summary(system, result, model) -> dict:
     """Each member's validation metric in the early-stopped ensemble `model` (its slice of
     the embeddings alone) beside the ensemble's own (`result.best_metric`)."""
     data, metric = system.data, result.metric
-    name, k = metric.split("@")[0], int(metric.split("@")[1])
-    relevant = data.interactions("validation")
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
-    user_vec, item_vec = model.user_embeddings(users), model.item_embeddings()
-    width = user_vec.shape[1] // model.members
-    values = []
-    for member in range(model.members):
-        part = slice(member * width, (member + 1) * width)
-        top, _ = top_k_scores(user_vec[:, part], item_vec[:, part], k,
-                              exclude=data.history[users],
-                              candidates=validation_candidates(system))
-        values.append(ranking_metrics(top, relevant[users], (k,), (name,))[metric])
+    values = member_metrics(model, data.history, data.interactions("validation"),
+                            validation_candidates(system), metric)
     system.log(f"ensemble of {model.members}: validation {metric} {result.best_metric:.4f} "
                "(members alone " + ", ".join(f"{v:.4f}" for v in values) + ")")
     return {f"member_val_{metric}": values, f"ensemble_val_{metric}": result.best_metric}

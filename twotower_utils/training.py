@@ -1,13 +1,17 @@
 """Fitting a `TwoTowerModel`: Adam with exponential decay, early stopping, checkpoints, logs.
 
-Each epoch shuffles the training pairs with a generator seeded by (seed, epoch), runs one
-compiled step per batch, then scores the validation split over the full catalogue with the
-numpy top-k of `twotower_utils.evaluation` (fast and exact, unlike streaming FactorizedTopK).
-After every epoch a checkpoint holds the model (towers, BatchNorm statistics, the negative
-sampler's and the dropout layers' generator states), the optimizer, the epoch counter and
-the early-stopping state, and the best epoch's weights are kept beside it. A run killed
-mid-way and restarted with `resume=True` therefore continues exactly where it stopped and
-ends with the same weights as an uninterrupted run. The best weights are restored at the end.
+Each epoch shuffles the training pairs with a generator seeded by (seed, epoch) (with an
+ensemble, each member m by (seed + 1000 m, epoch): its own batch order), runs one compiled
+step per batch (one step trains every member, each on its own batch), then scores the
+validation split over the full catalogue with the numpy top-k of `twotower_utils.evaluation`
+(fast and exact, unlike streaming FactorizedTopK). After every epoch a checkpoint holds the
+model (towers, BatchNorm statistics, the negative sampler's and the dropout layers' generator
+states), the optimizer, the epoch counter and the early-stopping state, and the best epoch's
+weights are kept beside it (an ensemble's members are early-stopped one by one, each keeping
+its own best epoch: `ensemble.MemberStopping`). A run killed mid-way and restarted with
+`resume=True` therefore continues exactly where it stopped and ends with the same weights as
+an uninterrupted run; a checkpoint made with other settings is refused
+(`twotower_utils.resume`). The best weights are restored at the end.
 
 Progress is one line per epoch (no per-step output), readable in a terminal and in a
 papermill-executed notebook; the same numbers go to TensorBoard when a log directory is given.
@@ -30,8 +34,9 @@ import scipy.sparse as sp  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from twotower_utils.config import Config  # noqa: E402
-from twotower_utils.ensemble import MEMBER_SEED_STRIDE  # noqa: E402
+from twotower_utils.ensemble import MEMBER_SEED_STRIDE, MemberStopping, member_metrics  # noqa: E402
 from twotower_utils.evaluation import ranking_metrics, top_k_scores  # noqa: E402
+from twotower_utils.resume import ResumeError, check_resumable, training_settings  # noqa: E402
 
 __all__ = ["PairSampler", "ResumeError", "Trainer", "TrainingResult", "check_resumable",
            "evaluate_ranking", "make_optimizer", "training_settings"]
@@ -40,60 +45,6 @@ MAX_REJECTION_ROUNDS = 32  # P(a draw still collides) <= share_of_positives ** 3
 # Positive-pair lookups use a dense [users x items] bool table up to this many cells (64 MB),
 # and a hash table of pair keys (memory O(positives)) beyond it.
 DENSE_MASK_MAX_CELLS = 64_000_000
-
-
-# Keys a resumed run may change: how long it trains, not what it trains.
-RESUMABLE_CHANGES = ("training.epochs", "training.early_stopping_patience",
-                     "training.distribution_strategy", "data.ml100k_dir",
-                     "data.negatives_sample_size")
-
-
-class ResumeError(ValueError):
-    """A checkpoint cannot be resumed with this configuration (names the differing keys)."""
-
-
-def training_settings(config: Config) -> dict:
-    """The configuration keys a checkpoint depends on, flat (`{"model.embedding_dim": 64,
-    ...}`): the model, training and data sections, less `RESUMABLE_CHANGES`."""
-    flat = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) \
-                and not prefix.endswith(("_features", "member_overrides")):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}", inner)
-        else:
-            flat[prefix] = value
-
-    everything = config.to_dict()
-    for section in ("model", "training", "data"):
-        walk(section, everything[section])
-    # Through JSON, so a stored copy compares equal (tuples become lists, and so on).
-    return json.loads(json.dumps({k: v for k, v in flat.items()
-                                  if k not in RESUMABLE_CHANGES}))
-
-
-def check_resumable(stored_path: Path, config: Config) -> None:
-    """Refuse (`ResumeError`) to resume a checkpoint made with other settings.
-
-    `stored_path` holds the checkpoint's `training_settings`; a missing file (a checkpoint
-    from an older version) is refused too, since its settings cannot be checked.
-    """
-    where = stored_path.parent
-    if not stored_path.is_file():
-        raise ResumeError(f"cannot resume from {where}: it holds no record of the settings "
-                          "it was trained with; train afresh (resume=False)")
-    stored, current = json.loads(stored_path.read_text()), training_settings(config)
-    keys = sorted(set(stored) | set(current))
-    differ = [k for k in keys if stored.get(k, "<unset>") != current.get(k, "<unset>")]
-    if differ:
-        changes = "; ".join(f"{k}: {stored.get(k, '<unset>')!r} in the checkpoint, "
-                            f"{current.get(k, '<unset>')!r} now" for k in differ)
-        raise ResumeError(
-            f"cannot resume from {where}: the checkpoint was trained with other settings "
-            f"({changes}). Resume with the checkpoint's settings, or train afresh "
-            "(resume=False, or a new run id); only "
-            + ", ".join(RESUMABLE_CHANGES) + " may change on resume")
 
 
 class PairSampler(tf.Module):
@@ -321,7 +272,8 @@ class Trainer:
                  train_items: np.ndarray, validation: sp.csr_matrix, exclude: sp.csr_matrix,
                  checkpoint_dir: str | Path, candidates: np.ndarray | None = None,
                  log_dir: str | Path | None = None,
-                 log: Callable[[str], object] | None = print):
+                 log: Callable[[str], object] | None = print,
+                 member_epochs: Sequence[int] | None = None):
         self.model, self.config, self.log = model, config, log or (lambda _line: None)
         self.users = np.asarray(train_users, dtype=np.int32)
         self.items = np.asarray(train_items, dtype=np.int32)
@@ -346,14 +298,23 @@ class Trainer:
             "seconds": tf.Variable(0.0, dtype=tf.float64, trainable=False),
             "seconds_to_best": tf.Variable(0.0, dtype=tf.float64, trainable=False),
         }
+        # One step trains every ensemble member, each on its own batch: row m of a
+        # [members, B] batch (see `losses.compute_loss`).
+        self.members = int(getattr(model, "members", 1))
+        # Members converge at their own pace (an in-batch softmax member in half the epochs
+        # of a BCE one): each is early-stopped on its own validation score and keeps its own
+        # best epoch's weights; a refit takes member m's weights at `member_epochs[m]`.
+        self.member_stopping = None
+        if self.members > 1 and (self.validation is not None or member_epochs is not None):
+            self.member_stopping = MemberStopping(
+                model, self.checkpoint_dir / "members",
+                None if self.validation is not None else list(member_epochs))
+            self.state.update(self.member_stopping.state)
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer,
                                               **self.state)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir / "last",
                                                   max_to_keep=1)
         self.best_prefix = str(self.checkpoint_dir / "best" / "weights")
-        # One step trains every ensemble member, each on its own batch: row m of a
-        # [members, B] batch (see `losses.compute_loss`).
-        self.members = int(getattr(model, "members", 1))
         spec = tf.TensorSpec([self.members, None], tf.int32)
         self._step = tf.function(self._train_step, input_signature=[spec, spec])
 
@@ -436,7 +397,21 @@ class Trainer:
             stopped_early = self._patience_exhausted() and epoch < train.epochs
             epoch += 1
         best_epoch = int(self.state["best_epoch"].numpy())
-        if best_epoch and self.validation is not None:  # without validation, the last is best
+        extra = {}
+        if self.member_stopping is not None:
+            self.member_stopping.assemble()
+            member_epochs = self.member_stopping.state["member_best_epoch"].numpy()
+            extra["member_best_epochs"] = [int(e) for e in member_epochs]
+            if self.validation is not None:
+                best_epoch = int(member_epochs.max())
+                value = evaluate_ranking(self.model, self.exclude, self.validation,
+                                         self.candidates, self.k_values)[self.metric]
+                self.state["best_metric"].assign(value)
+                self.log(f"members' best epochs {extra['member_best_epochs']}: "
+                         f"their {self.metric} " + ", ".join(
+                             f"{v:.4f}" for v in
+                             self.member_stopping.state["member_best_metric"].numpy()))
+        elif best_epoch and self.validation is not None:  # without validation, the last is best
             tf.train.Checkpoint(model=self.model).read(self.best_prefix).expect_partial()
         if self.validation is None:
             self.log(f"trained {best_epoch} epochs without validation "
@@ -450,10 +425,12 @@ class Trainer:
             best_metric=float(self.state["best_metric"].numpy()), metric=self.metric,
             seconds=time.perf_counter() - started,
             seconds_to_best=float(self.state["seconds_to_best"].numpy()),
-            stopped_early=stopped_early, resumed_from=resumed_from)
+            stopped_early=stopped_early, resumed_from=resumed_from, extra=extra)
 
     def _patience_exhausted(self) -> bool:
         # patience 0 stops after the first epoch without improvement, as Keras does.
+        if self.member_stopping is not None and self.validation is not None:
+            return self.member_stopping.exhausted(self.config.training.early_stopping_patience)
         wait = int(self.state["wait"].numpy())
         return wait >= max(self.config.training.early_stopping_patience, 1)
 
@@ -474,10 +451,15 @@ class Trainer:
         metrics = {} if self.validation is None else evaluate_ranking(
             self.model, self.exclude, self.validation, self.candidates, self.k_values,
             ("precision", "recall", "ndcg", "map"))
+        if self.member_stopping is not None and self.validation is not None:
+            metrics.update({f"member{m}_{self.metric}": value for m, value in enumerate(
+                member_metrics(self.model, self.exclude, self.validation, self.candidates,
+                               self.metric))})
         seconds = time.perf_counter() - started
         lr = self.optimizer.learning_rate
         lr = float(lr(self.optimizer.iterations) if callable(lr) else lr)
-        return {"epoch": epoch, "loss": loss, **{f"val_{k}": v for k, v in metrics.items()},
+        return {"epoch": epoch, "loss": loss,
+                **{(k if k.startswith("member") else f"val_{k}"): v for k, v in metrics.items()},
                 "learning_rate": lr, "train_seconds": train_seconds, "seconds": seconds}
 
     def _write_epoch(self, epoch: int, record: dict, history: list, writer) -> None:
@@ -486,12 +468,17 @@ class Trainer:
         value = record.get(f"val_{self.metric}", np.nan)
         state["seconds"].assign_add(record["seconds"])
         improved = self.validation is None or value > state["best_metric"].numpy()
+        members = self.member_stopping
+        if members is not None:
+            values = None if self.validation is None else [
+                record[f"member{m}_{self.metric}"] for m in range(self.members)]
+            improved = members.update(epoch, values) or self.validation is None
         if improved:
             state["best_metric"].assign(value)
             state["best_epoch"].assign(epoch)
             state["wait"].assign(0)
             state["seconds_to_best"].assign(state["seconds"].numpy())
-            if self.validation is not None:
+            if self.validation is not None and members is None:
                 tf.train.Checkpoint(model=self.model).write(self.best_prefix)
         else:
             state["wait"].assign_add(1)
