@@ -6,7 +6,7 @@ and cold items.
     options: --config config.json  --set KEY VALUE  --out benchmarks/results/quality
              --ml100k-dir DIR  --loss-study-seeds N
 
-Protocol (DESIGN.md §5): the benchmark split; recommendations among the items seen in
+Protocol: the benchmark split; recommendations among the items seen in
 training, excluding each user's train + validation items; metrics at k = 10. The two-tower
 model uses config.json as it is: its hyperparameters were chosen on the validation split
 (benchmarks/README.md lists what was tried), and each seed (`training.seed`) early-stops on
@@ -98,7 +98,7 @@ def train_two_tower(config: Path, overrides: dict, seed: int, run_id: str):
     started = time.perf_counter()
     result = system.train_model(save=False)
     metrics = system.evaluate_model(k_values=[K], metrics=METRICS)
-    # Validation nDCG@10 of the early-stopped model (an ensemble's: its members joined), the
+    # Validation nDCG@10 of the early-stopped model (an ensemble's: its members together), the
     # number settings are chosen by.
     val = result.extra.get(f"ensemble_val_{result.metric}", result.best_metric)
     metrics.update(fit_seconds=time.perf_counter() - started, best_epoch=result.best_epoch,
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     print(f"\nrecommendations.csv scored independently: nDCG@10 {independent['ndcg@10']:.4f} "
           f"(agrees); whole benchmark {seconds / 60:.1f} min")
-    results = {"protocol": "MovieLens-100K benchmark split (DESIGN.md §5), k = 10",
+    results = {"protocol": "MovieLens-100K benchmark split, k = 10",
                "seeds": args.seeds, "overrides": {k: v for k, v in overrides.items()
                                                   if not k.startswith("paths.")},
                "config": {"model": dataclasses.asdict(config_used.model),

@@ -1,7 +1,7 @@
 """Train the two-tower model on the MovieLens-100K benchmark split and measure it.
 
     .venv/bin/python benchmarks/train_ml100k.py [--config config.json] [--set KEY VALUE ...]
-        [--out benchmarks/results/ml100k] [--ml100k-dir ../shared/datasets/ml-100k]
+        [--out benchmarks/results/ml100k] [--ml100k-dir DIR]
 
 Writes to `--out`: `recommendations.csv` (`user_id,item_id,rank`: the test users' top 10
 among the items seen in training, excluding each user's training items), `metrics.json`
@@ -181,18 +181,15 @@ def main(argv=None) -> int:
                         help="override a config key (dotted), VALUE parsed as JSON if possible")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ml100k"))
     parser.add_argument("--ml100k-dir", default=None,
-                        help="GroupLens ml-100k directory (default: $TWOTOWER_ML100K_DIR or "
-                             "../shared/datasets/ml-100k)")
+                        help="GroupLens ml-100k directory (default: $TWOTOWER_ML100K_DIR, "
+                             "else fetched as `make run` does)")
     parser.add_argument("--run-id", default="benchmark-ml100k")
     parser.add_argument("--skip-step-timing", action="store_true")
     parser.add_argument("--step-timing-only", action="store_true",
                         help="skip training: prepare the data and time the steps only")
     args = parser.parse_args(argv)
-    shared = ROOT.parent / "shared" / "datasets" / "ml-100k"
     if args.ml100k_dir:
         os.environ["TWOTOWER_ML100K_DIR"] = args.ml100k_dir
-    elif "TWOTOWER_ML100K_DIR" not in os.environ and (shared / "u.data").is_file():
-        os.environ["TWOTOWER_ML100K_DIR"] = str(shared)
     overrides = {"data.dataset": "movielens-100k", "data.split.method": "benchmark"}
     for key, value in args.set:
         try:
@@ -242,7 +239,7 @@ def step_timing(system) -> dict:
     from twotower_utils.fitting import member_config
     from twotower_utils.model import build_model
 
-    # One member's step: an ensemble trains its members one after another, each this step.
+    # One member's step: an ensemble's step runs one such per member, each on its own batch.
     config, data = member_config(system.config, 0), system.data
     users = data.train["user_idx"].to_numpy().astype(np.int32)
     items = data.train["item_idx"].to_numpy().astype(np.int32)
