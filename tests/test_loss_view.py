@@ -2,6 +2,7 @@
 whose rebuilt loss must equal the loss the model computes on that batch."""
 
 import matplotlib
+import matplotlib.pyplot
 import numpy as np
 import pytest
 from synthetic_settings import SMALL_SYNTHETIC
@@ -90,4 +91,5 @@ def test_the_tower_diagram_is_drawn_from_the_built_model(systems):
         figure = plot_towers(system.model)
         assert figure.axes[0].get_title() == "The two towers"
         texts = " ".join(t.get_text() for t in figure.axes[0].texts)
+        matplotlib.pyplot.close(figure)  # later tests check that nothing is left open
         assert "user tower" in texts and "item tower" in texts and "score(user, item)" in texts
