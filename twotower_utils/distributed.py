@@ -9,7 +9,10 @@ Every worker holds the whole (small) index arrays and shuffles them with the sam
 (seed, epoch) generator, then takes its replicas' slices of each global batch: no input
 pipeline to coordinate. Validation and early stopping run on every worker on the same
 weights, so their decisions agree; every worker must make the same calls, because reading
-BatchNorm's sync-on-read statistics is itself a collective.
+BatchNorm's sync-on-read statistics is itself a collective. An ensemble
+(`model.ensemble_size` > 1) trains here with every member on the same global batch and one
+early stopping for all; the single-process `Trainer` gives each member its own batch order and
+its own early stopping.
 
 Strategies (`training.distribution_strategy` in the config, or `strategy=`):
 - `default`: no distribution (one device);
