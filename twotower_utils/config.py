@@ -91,6 +91,10 @@ class TrainingConfig:
     softmax_negatives: int = _number(0, lo=0)
     in_batch_negatives: bool = False
     logq_correction: bool = False
+    # Label-0 rows (explicit negatives) drawn per positive from its user's training ones
+    # into the BCE beside the sampled negatives (0 = off), and the weight of their terms.
+    explicit_negatives: int = _number(0, lo=0)
+    explicit_negative_weight: float = _number(1.0, lo=0.0)
     # After early stopping, train afresh on train + validation for the best epoch count.
     refit_with_validation: bool = False
     seed: int = _number(42, lo=0)
@@ -451,6 +455,7 @@ def _interval(lo, hi, lo_open, hi_open) -> str:
 # towers of one shape, so everything else is shared.
 MEMBER_OVERRIDABLE = ("training.loss", "training.softmax_negatives",
                       "training.in_batch_negatives", "training.logq_correction",
+                      "training.explicit_negatives", "training.explicit_negative_weight",
                       "data.num_negatives", "data.negative_sampling", "data.popularity_alpha",
                       "model.l2_regularization", "model.dropout", "model.history_dropout",
                       "model.history_leave_one_out", "model.temperature")

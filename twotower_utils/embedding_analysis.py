@@ -14,7 +14,8 @@ import pandas as pd
 from twotower_utils.processed import ProcessedData
 
 __all__ = ["primary_label", "plot_sample", "top_items", "project_2d", "nearest_items",
-           "pair_scores", "score_samples", "auc"]
+           "pair_scores", "score_samples", "auc", "explicit_negative_scores",
+           "explicit_negative_auc", "auc_summary"]
 
 
 def primary_label(items: pd.DataFrame, item_features: Mapping[str, str],
@@ -135,6 +136,45 @@ def score_samples(user_vectors: np.ndarray, item_vectors: np.ndarray, data: Proc
         samples.append(pair_scores(user_vectors, item_vectors, frame["user_idx"].to_numpy(),
                                    frame["item_idx"].to_numpy()))
     return samples[0], samples[1]
+
+
+def explicit_negative_scores(user_vectors: np.ndarray, item_vectors: np.ndarray,
+                             data: ProcessedData, max_pairs: int = 20000,
+                             seed: int = 0) -> np.ndarray:
+    """Scores of the held-out (test) explicit negatives, label-0 rows such as items shown and
+    not clicked (at most `max_pairs`); empty when the data has none."""
+    frame = data.explicit_negatives
+    frame = frame[frame["split"] == "test"]
+    if len(frame) > max_pairs:
+        rng = np.random.default_rng(seed)
+        frame = frame.iloc[np.sort(rng.choice(len(frame), max_pairs, replace=False))]
+    return pair_scores(user_vectors, item_vectors, frame["user_idx"].to_numpy(),
+                       frame["item_idx"].to_numpy())
+
+
+def explicit_negative_auc(user_vectors: np.ndarray, item_vectors: np.ndarray,
+                          data: ProcessedData, max_pairs: int = 20000,
+                          seed: int = 0) -> float | None:
+    """AUC of test positives against held-out explicit negatives (None when there are none):
+    how well scores separate what users took from what they were shown and passed over,
+    beside `score_samples`' AUC against sampled negatives."""
+    negative = explicit_negative_scores(user_vectors, item_vectors, data, max_pairs, seed)
+    if not len(negative):
+        return None
+    positive, _ = score_samples(user_vectors, item_vectors, data, max_pairs, seed)
+    return auc(positive, negative)
+
+
+def auc_summary(positive: np.ndarray, negative: np.ndarray, user_vectors: np.ndarray,
+                item_vectors: np.ndarray, data: ProcessedData) -> str:
+    """The AUC of test positives against sampled negatives and, when the data has held-out
+    explicit negatives, against those too (one line each)."""
+    lines = [f"AUC = {auc(positive, negative):.3f} against {len(negative):,} sampled negatives"]
+    explicit = explicit_negative_scores(user_vectors, item_vectors, data)
+    if len(explicit):
+        lines.append(f"AUC = {auc(positive, explicit):.3f} against {len(explicit):,} held-out "
+                     "explicit negatives (label 0: shown and passed over)")
+    return "\n".join(lines)
 
 
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:

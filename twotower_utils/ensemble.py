@@ -59,6 +59,8 @@ class MemberSettings:
     negative_sampling: str
     popularity_alpha: float
     seed: int
+    explicit_negatives: int = 0  # label-0 rows per positive in the BCE (0 = none)
+    explicit_negative_weight: float = 1.0
 
 
 def member_settings(config: Config, **options) -> list[MemberSettings]:
@@ -80,7 +82,9 @@ def member_settings(config: Config, **options) -> list[MemberSettings]:
             history_leave_one_out=bool(options.get("history_leave_one_out",
                                                    model.history_leave_one_out)),
             negative_sampling=data.negative_sampling,
-            popularity_alpha=float(data.popularity_alpha), seed=int(train.seed)))
+            popularity_alpha=float(data.popularity_alpha), seed=int(train.seed),
+            explicit_negatives=int(train.explicit_negatives),
+            explicit_negative_weight=float(train.explicit_negative_weight)))
     return out
 
 

@@ -29,9 +29,12 @@ __all__ = ["BatchBreakdown", "bce_batch_breakdown"]
 class BatchBreakdown:
     """A BCE batch, pair by pair.
 
-    `pairs`: one row per scored pair (`user_id`, `item_id`, `kind` positive/negative,
-    `label`, `logit`, `probability`, `bce`, `counted`: 0 for a negative the sampler could not
-    draw outside the user's positives); `bce_mean` = sum of counted BCE terms / batch size;
+    `pairs`: one row per scored pair (`user_id`, `item_id`, `kind` positive / negative /
+    explicit negative (a label-0 row of the user, `training.explicit_negatives`), `label`,
+    `logit`, `probability`, `bce`, `counted`: 0 for a negative the sampler could not draw
+    outside the user's positives or an explicit one of a user who has none, `weight`:
+    `training.explicit_negative_weight` for explicit negatives, else 1);
+    `bce_mean` = sum of counted, weighted BCE terms / batch size;
     `l2` the L2 term (`model.l2_regularization` x the mean squared norms of the batch's user
     embeddings and of every item embedding it scores); `loss` = `bce_mean + l2`;
     `model_loss` what `member_loss` returns on the same batch and negatives;
@@ -48,6 +51,8 @@ class BatchBreakdown:
     model_loss: float
     negatives_hit_positives: int
     member: int
+    explicit_negatives: int = 0  # per positive
+    explicit_counted: int = 0  # drawn for users who have some
 
     @property
     def matches(self) -> bool:
@@ -64,6 +69,8 @@ class BatchBreakdown:
         """The batch loss, term by term, beside the model's own value."""
         rows = [("positive pairs in the batch", self.batch_size),
                 ("negatives per positive", self.num_negatives),
+                ("explicit negatives per positive (counted in the batch)",
+                 f"{self.explicit_negatives} ({self.explicit_counted})"),
                 ("mean BCE per positive (its term + its negatives' terms)",
                  f"{self.bce_mean:.6f}"),
                 ("L2 on the batch's embeddings", f"{self.l2:.6f}"),
@@ -89,26 +96,32 @@ def bce_batch_breakdown(model, data, batch_size: int = 256, member: int | None =
     items = tf.constant(data.train["item_idx"].to_numpy()[order], tf.int32)
     state = sampler.generator.state.numpy()
     negatives, valid = sampler.sample(users, settings.num_negatives)
+    # Drawn after the sampled negatives, as in the model's loss.
+    explicit, explicit_valid = losses.explicit_negatives(model, member, users)
     sampler.generator.state.assign(state)  # the model's loss draws the same negatives
     model_loss = float(losses.member_loss(model, member, users, items, training=False))
     sampler.generator.state.assign(state)  # and training draws what it would have drawn
     which = None if model.members == 1 else member
     user_vec = model.embed_users(users, member=which, exclude_items=items
                                  if settings.history_leave_one_out else None)
-    scored = tf.concat([items[:, None], negatives], axis=1)  # [B, 1 + k]
+    scored = tf.concat([items[:, None], negatives, explicit], axis=1)  # [B, 1 + k + e]
+    k, e = settings.num_negatives, losses.explicit_count(model, member)
     item_vec = tf.reshape(model.embed_items(tf.reshape(scored, [-1]), member=which),
                           [len(order), scored.shape[1], -1])
     logits = tf.einsum("bd,bkd->bk", user_vec, item_vec) / settings.temperature
     if settings.logq_correction:
-        log_kq = tf.gather(sampler.log_q, scored) + tf.math.log(
-            float(max(settings.num_negatives, 1)))
-        logits -= log_kq
+        log_kq = tf.gather(sampler.log_q, scored[:, :1 + k]) + tf.math.log(float(max(k, 1)))
+        # Explicit negatives are not drawn from q: their logits stay as they are.
+        logits -= tf.pad(log_kq, [[0, 0], [0, e]])
     labels = np.zeros(scored.shape, np.float32)
     labels[:, 0] = 1.0
     counted = np.concatenate([np.ones((len(order), 1), np.float32),
-                              valid.numpy().astype(np.float32)], axis=1)
+                              valid.numpy().astype(np.float32),
+                              explicit_valid.numpy().astype(np.float32)], axis=1)
+    weight = np.ones(scored.shape, np.float32)
+    weight[:, 1 + k:] = settings.explicit_negative_weight
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels, logits).numpy()
-    bce_mean = float((bce * counted).sum() / len(order))
+    bce_mean = float((bce * counted * weight).sum() / len(order))
     # As in the model: the mean squared norm over every item the batch scores.
     l2 = float(losses.l2_penalty(settings.l2, user_vec,
                                  tf.reshape(tf.reduce_sum(item_vec**2, 2), [-1])))
@@ -121,16 +134,20 @@ def bce_batch_breakdown(model, data, batch_size: int = 256, member: int | None =
         "row": np.repeat(np.arange(len(order)), width),
         "user_id": user_ids[np.repeat(users.numpy(), width) - 1],
         "item_id": item_ids[scored.numpy().ravel() - 1],
-        "kind": np.tile(["positive"] + ["negative"] * (width - 1), len(order)),
+        "kind": np.tile(["positive"] + ["negative"] * k + ["explicit negative"] * e,
+                        len(order)),
         "label": labels.ravel().astype(int),
         "logit": logits.numpy().ravel(),
         "probability": tf.sigmoid(logits).numpy().ravel(),
         "bce": bce.ravel(),
         "counted": counted.ravel().astype(int),
+        "weight": weight.ravel(),
     })
-    return BatchBreakdown(pairs, len(order), settings.num_negatives, bce_mean, l2,
-                          bce_mean + l2, model_loss,
-                          int((hits & valid.numpy().ravel()).sum()), member)
+    explicit_hits = sampler.is_positive(tf.repeat(users, e), tf.reshape(explicit, [-1])).numpy()
+    return BatchBreakdown(pairs, len(order), k, bce_mean, l2, bce_mean + l2, model_loss,
+                          int((hits & valid.numpy().ravel()).sum())
+                          + int((explicit_hits & explicit_valid.numpy().ravel()).sum()),
+                          member, e, int(counted[:, 1 + k:].sum()))
 
 
 def _bce_member(model) -> int:

@@ -18,8 +18,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf  # noqa: E402
 
-__all__ = ["compute_loss", "in_batch_softmax", "l2_penalty", "member_loss",
-           "sampled_softmax_loss"]
+__all__ = ["compute_loss", "explicit_count", "explicit_negatives", "in_batch_softmax",
+           "l2_penalty", "member_loss", "sampled_softmax_loss"]
 
 MIN_FLOAT = float(tf.float32.min) / 100.0  # TFRS's masked-logit value
 
@@ -44,7 +44,9 @@ def member_loss(model, member: int, users: tf.Tensor, items: tf.Tensor,
     """Member `member`'s loss on positives (`users`, `items`: int `[B]`).
 
     BCE: per positive, the binary cross-entropy of the positive (label 1) plus that of
-    each of its `num_negatives` sampled negatives and, if enabled, of the other rows'
+    each of its `num_negatives` sampled negatives, of its `explicit_negatives` explicit
+    negatives (label-0 rows of its user, weighted by `explicit_negative_weight`;
+    `twotower_utils.explicit_negatives`) and, if enabled, of the other rows'
     positives (label 0), averaged over the batch's positives; plus
     `l2_regularization` * the mean squared norm of the batch's user and item embeddings.
     Sampled softmax: see `sampled_softmax_loss`. Softmax: TFRS's in-batch retrieval loss,
@@ -74,7 +76,9 @@ def member_loss(model, member: int, users: tf.Tensor, items: tf.Tensor,
         return sampled_softmax_loss(model, member, users, items, user_vec, training)
     k = settings.num_negatives
     negatives, valid = sampler.sample(users, k)
-    all_items = tf.concat([items, tf.reshape(negatives, [-1])], axis=0)
+    explicit, explicit_valid = explicit_negatives(model, member, users)
+    all_items = tf.concat([items, tf.reshape(negatives, [-1]), tf.reshape(explicit, [-1])],
+                          axis=0)
     # The tower runs once per distinct item: a batch's positives and negatives repeat
     # popular items many times (and cannot exceed the catalogue).
     unique_items, where = tf.unique(all_items)
@@ -82,7 +86,7 @@ def member_loss(model, member: int, users: tf.Tensor, items: tf.Tensor,
     # Gathering each part separately: slicing one gathered tensor would cost a full-size
     # zero-padded gradient per slice.
     pos_vec = tf.gather(unique_vec, where[:batch])
-    neg_vec = tf.reshape(tf.gather(unique_vec, where[batch:]), [batch, k, -1])
+    neg_vec = tf.reshape(tf.gather(unique_vec, where[batch:batch * (1 + k)]), [batch, k, -1])
     temperature = settings.temperature
     logits = [
         tf.reduce_sum(user_vec * pos_vec, axis=1, keepdims=True) / temperature,
@@ -96,6 +100,13 @@ def member_loss(model, member: int, users: tf.Tensor, items: tf.Tensor,
         log_kq = tf.gather(sampler.log_q, tf.concat([items[:, None], negatives], 1))
         log_kq += tf.math.log(float(max(k, 1)))
         logits = [logits[0] - log_kq[:, :1], logits[1] - log_kq[:, 1:]]
+    if explicit_count(model, member):
+        # Not drawn from q: no logQ correction for them.
+        explicit_vec = tf.reshape(tf.gather(unique_vec, where[batch * (1 + k):]),
+                                  [batch, explicit_count(model, member), -1])
+        logits.append(tf.einsum("bd,bkd->bk", user_vec, explicit_vec) / temperature)
+        labels.append(tf.zeros_like(logits[-1]))
+        weights.append(tf.cast(explicit_valid, tf.float32) * settings.explicit_negative_weight)
     if settings.in_batch_negatives:
         scores = tf.matmul(user_vec, pos_vec, transpose_b=True) / temperature
         if settings.logq_correction:
@@ -112,6 +123,29 @@ def member_loss(model, member: int, users: tf.Tensor, items: tf.Tensor,
     loss = tf.reduce_sum(bce * weights) / tf.cast(batch, tf.float32)
     return loss + l2_penalty(settings.l2, user_vec,
                              tf.gather(tf.reduce_sum(unique_vec**2, 1), where))
+
+
+def explicit_negatives(model, member: int, users: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Member `member`'s explicit negatives for a batch's positives (`users` int `[B]`).
+
+    `settings.explicit_negatives` items per positive drawn from its user's training
+    explicit negatives with the member's sampler generator (after its sampled negatives):
+    `(items int32 [B, k], valid bool [B, k])`, k = 0 when off or the data has none.
+    """
+    k = explicit_count(model, member)
+    if not k:
+        empty = tf.zeros([tf.size(users), 0], tf.int32)
+        return empty, tf.zeros([tf.size(users), 0], tf.bool)
+    return model.explicit.sample(model.samplers[member].generator, users, k)
+
+
+def explicit_count(model, member: int) -> int:
+    """Explicit negatives per positive member `member` trains with (0: off or none in the
+    data, or a loss other than BCE)."""
+    settings = model.settings[member]
+    if getattr(model, "explicit", None) is None or settings.loss != "bce":
+        return 0
+    return int(settings.explicit_negatives)
 
 
 def in_batch_softmax(user_vec: tf.Tensor, item_vec: tf.Tensor, temperature: float,

@@ -50,6 +50,7 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 from twotower_utils import losses  # noqa: E402
 from twotower_utils.config import Config  # noqa: E402
 from twotower_utils.ensemble import member_settings  # noqa: E402
+from twotower_utils.explicit_negatives import ExplicitNegatives  # noqa: E402
 from twotower_utils.training import PairSampler, ragged_rows  # noqa: E402
 
 __all__ = ["MODEL_DEFAULTS", "CheckpointedDropout", "Tower", "TwoTowerModel", "build_model",
@@ -306,6 +307,8 @@ class TwoTowerModel(tfrs.models.Model):
                 data.history, settings.negative_sampling, settings.popularity_alpha,
                 seed=settings.seed, shared=self.samplers[0] if self.samplers else None))
         self.sampler = self.samplers[0]
+        # Data, not state (draws use the samplers' generators): kept out of Keras' tracking.
+        self.__dict__["explicit"] = ExplicitNegatives.for_model(data, self.settings)
         self._build_tables(data)
 
     def _build_tables(self, data) -> None:

@@ -29,7 +29,8 @@ from twotower_utils.features import FeatureEncoder
 from twotower_utils.fingerprint import FINGERPRINT_FILE, data_fingerprint
 from twotower_utils.io import atomic_directory, write_json
 from twotower_utils.logs import PACKAGE_LOGGER, is_configured, report
-from twotower_utils.processed import ProcessedData, load_processed
+from twotower_utils.processed import EXPLICIT_NEGATIVES_FILE as EXPLICIT_FILE
+from twotower_utils.processed import ProcessedData, explicit_counts, load_processed
 from twotower_utils.sampling import sample_negatives, sorted_unique
 from twotower_utils.splits import split_mask
 
@@ -139,11 +140,36 @@ class DataPreprocessor:
         self.train = train_part[keep_mask].reset_index(drop=True)
         self.validation = train_part[~keep_mask].reset_index(drop=True)
         self.test = test
+        self.split_explicit_negatives()
         with _forwarded(self.log):
             report(None, f"split {split.method!r}: train {len(self.train):,}, validation "
                          f"{len(self.validation):,}, test {len(self.test):,}", logging.INFO)
         self.timings["split"] = time.perf_counter() - started
         return self.train, self.validation, self.test
+
+    def split_explicit_negatives(self) -> pd.DataFrame:
+        """The explicit negatives (label-0 rows) with a `split` column; returns them.
+
+        A row whose (user, item) is a positive of that user in any split is dropped (it
+        would teach the model against its own positives). The rest are split per user at
+        random with the positives' ratios (`train_ratio`, then `validation_ratio` of the
+        training part), seeded by `data.split.seed`, or per user by time for the
+        `temporal` method: the test share is what evaluation's explicit-negative AUC uses.
+        """
+        split, frame = self.config.data.split, self.explicit_negatives
+        width = len(self.item_vocab) + 1
+        keys = frame["user_idx"].to_numpy(np.int64) * width + frame["item_idx"]
+        known = (self.positives["user_idx"].to_numpy(np.int64) * width
+                 + self.positives["item_idx"])
+        frame = frame[~np.isin(keys, known)].reset_index(drop=True)
+        method = "temporal" if split.method == "temporal" else "random"
+        train = split_mask(frame, method, split.train_ratio, split.seed)
+        labels = np.where(train, "train", "test").astype(object)
+        keep = split_mask(frame[train], method, 1.0 - split.validation_ratio, split.seed)
+        labels[np.flatnonzero(train)[~keep]] = "validation"
+        self.explicit_split = frame.assign(split=labels)
+        self.explicit_dropped = int(len(self.explicit_negatives) - len(frame))
+        return self.explicit_split
 
     # ---------------------------------------------------------------- negatives
     def generate_negatives(self) -> pd.DataFrame:
@@ -220,6 +246,7 @@ class DataPreprocessor:
         with atomic_directory(target) as staging:
             for name in ("train", "validation", "test", "negatives"):
                 getattr(self, name).to_parquet(staging / f"{name}.parquet", index=False)
+            self.explicit_split.to_parquet(staging / EXPLICIT_FILE, index=False)
             write_json(staging / "vocabularies.json",
                        {"user_id": self.user_vocab, "item_id": self.item_vocab})
             write_json(staging / "feature_specs.json",
@@ -304,6 +331,8 @@ class DataPreprocessor:
             "num_items": num_items,
             "num_interactions": int(len(self.positives)),
             "num_explicit_negatives": int(len(self.explicit_negatives)),
+            "explicit_negatives": explicit_counts(getattr(self, "explicit_split", None),
+                                                  getattr(self, "explicit_dropped", 0)),
             "sparsity": 1.0 - num_pairs / float(num_users * num_items),
             "labels": dict(getattr(self.raw, "labels", {})),
             "input_hygiene": hygiene,

@@ -14,6 +14,8 @@ from twotower_utils.features import FeatureEncoder
 from twotower_utils.fingerprint import FINGERPRINT_FILE
 from twotower_utils.io import read_json
 
+# Optional: processed data written before explicit negatives were saved has none.
+EXPLICIT_NEGATIVES_FILE = "explicit_negatives.parquet"
 REQUIRED_FILES = (
     "train.parquet", "validation.parquet", "test.parquet", "negatives.parquet",
     "vocabularies.json", "feature_specs.json", "features.npz", "history.npz", "stats.json",
@@ -28,6 +30,8 @@ class ProcessedData:
     `features["user/<col>"]` / `features["item/<col>"]` are tables with one row per index;
     `features["user/__id__"]` maps an index to its id-embedding row (0 when unseen in training).
     `history` is the csr matrix [num_users, num_items] of training positives.
+    `explicit_negatives`: the label-0 rows, never a positive of their user, with a `split`
+    column (train / validation / test); empty when the data has none.
     """
 
     directory: Path
@@ -42,6 +46,7 @@ class ProcessedData:
     history: sp.csr_matrix
     stats: dict[str, Any]
     fingerprint: dict[str, Any] | None = None  # fingerprint.json: the settings that made it
+    explicit_negatives: pd.DataFrame = field(default_factory=lambda: empty_explicit_negatives())
     _user_index: dict[str, int] = field(default_factory=dict, repr=False)
     _item_index: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -95,6 +100,19 @@ class ProcessedData:
         return mask
 
 
+def empty_explicit_negatives() -> pd.DataFrame:
+    """An explicit-negatives frame with no rows."""
+    return pd.DataFrame({"user_idx": np.zeros(0, np.int64), "item_idx": np.zeros(0, np.int64),
+                         "split": np.zeros(0, object)})
+
+
+def explicit_counts(frame: pd.DataFrame | None, dropped: int) -> dict[str, int]:
+    """Saved explicit negatives per split, and those dropped as a positive of their user."""
+    counts = {} if frame is None else frame["split"].value_counts().to_dict()
+    return {**{name: int(counts.get(name, 0)) for name in ("train", "validation", "test")},
+            "dropped_as_positive": int(dropped)}
+
+
 def load_processed(directory: str | Path) -> ProcessedData:
     """Load a processed-data directory; raises FileNotFoundError naming what is missing."""
     directory = Path(directory)
@@ -128,4 +146,7 @@ def load_processed(directory: str | Path) -> ProcessedData:
         stats=read_json(directory / "stats.json"),
         fingerprint=(read_json(directory / FINGERPRINT_FILE)
                      if (directory / FINGERPRINT_FILE).is_file() else None),
+        explicit_negatives=(pd.read_parquet(directory / EXPLICIT_NEGATIVES_FILE)
+                            if (directory / EXPLICIT_NEGATIVES_FILE).is_file()
+                            else empty_explicit_negatives()),
     )
