@@ -145,3 +145,27 @@ def test_explicit_negatives_rank_the_planted_disliked_items_lower(project_root, 
           f"{aucs[4]:.3f}")
     assert ranks[4] > ranks[0] + 0.05
     assert aucs[4] > aucs[0]
+
+
+def test_training_says_how_many_explicit_negatives_it_uses(project_root, settings):
+    from dataclasses import replace
+
+    from twotower_utils.explicit_negatives import explicit_negative_summary
+    from twotower_utils.loss_view import bce_batch_breakdown
+    from twotower_utils.processed import empty_explicit_negatives
+
+    system = system_for(project_root, settings, **{
+        "training.explicit_negatives": 2, "model.ensemble_size": 2,
+        "model.ensemble_member_overrides": [{}, {"training.explicit_negatives": 0}]})
+    line = explicit_negative_summary(system.model, system.data)
+    assert "2/0 per positive" in line and "explicit-negative terms per epoch" in line
+    # Each member its own: member 1 draws none.
+    assert "explicit negative" in set(bce_batch_breakdown(system.model, system.data, 32,
+                                                          member=0).pairs["kind"])
+    other = bce_batch_breakdown(system.model, system.data, 32, member=1)
+    assert other.matches and "explicit negative" not in set(other.pairs["kind"])
+    off = system_for(project_root, settings)
+    assert "not used in training" in explicit_negative_summary(off.model, off.data)
+    none = replace(system.data, explicit_negatives=empty_explicit_negatives())
+    assert "none in the data (training.explicit_negatives is set" in \
+        explicit_negative_summary(system.model, none)
