@@ -132,3 +132,12 @@ def test_a_bad_shared_key_is_reported_once_not_once_per_member(project_root):
     with pytest.raises(ConfigError, match=r"overrides\[1\]: training.loss = 'bogus'"):
         load_config(project_root / "config.json", {
             "model.ensemble_member_overrides": [{}, {"training.loss": "bogus"}]})
+
+
+def test_an_empty_config_file_resolves_to_exactly_the_shipped_config(project_root, tmp_path):
+    # One set of defaults: the dataclasses' defaults are config.json's values.
+    (tmp_path / "config.json").write_text("{}")
+    empty = load_config(tmp_path / "config.json").to_dict()
+    shipped = load_config(project_root / "config.json").to_dict()
+    assert empty == shipped
+    assert config_from_dict({}).to_dict() == shipped

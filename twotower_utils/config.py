@@ -45,6 +45,10 @@ def _number(default: float | int | None, lo=None, hi=None, lo_open=False, hi_ope
     return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
 
 
+# The shipped ensemble's members 3 and 4 (members 1 and 2 train with the BCE default).
+SOFTMAX_MEMBER = {"training.loss": "softmax", "training.logq_correction": True}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The towers and how they are compared."""
@@ -67,8 +71,9 @@ class ModelConfig:
     # (embeddings side by side: a score is the sum of the members' scores); member m
     # applies ensemble_member_overrides[m], if given (entries beyond ensemble_size are
     # unused, so ensemble_size alone can shrink it).
-    ensemble_size: int = _number(1, lo=1)
-    ensemble_member_overrides: list[dict[str, Any]] = field(default_factory=list)
+    ensemble_size: int = _number(4, lo=1)
+    ensemble_member_overrides: list[dict[str, Any]] = field(
+        default_factory=lambda: [{}, {}] + [dict(SOFTMAX_MEMBER) for _ in range(2)])
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class TrainingConfig:
     explicit_negatives: int = _number(0, lo=0)
     explicit_negative_weight: float = _number(1.0, lo=0.0)
     # After early stopping, train afresh on train + validation for the best epoch count.
-    refit_with_validation: bool = False
+    refit_with_validation: bool = True
     seed: int = _number(42, lo=0)
     # tf.distribute strategy of `python -m twotower_utils.distributed` (see docs/serving.md).
     distribution_strategy: str = _choice(*DISTRIBUTION_STRATEGIES, default="default")

@@ -176,8 +176,9 @@ class TwoTowerRecallSystem:
         With `model.ensemble_size` K > 1 the K members train side by side in one model, every
         step training each on its own batch (own order, negatives, dropout, loss overrides);
         each member is early-stopped on its own validation metric and keeps its best epoch,
-        and one refit takes each member at its own epoch count (`fitting.train_and_refit`). The result's `extra` then holds each member's own
-        validation metric and the ensemble's (`ensemble_val_<metric>`).
+        and one refit takes each member at its own epoch count (`fitting.train_and_refit`).
+        The result's `extra` then holds each member's own validation metric and the
+        ensemble's (`ensemble_val_<metric>`).
         """
         from twotower_utils.fitting import ensemble_summary, train_and_refit
 
