@@ -12,13 +12,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from twotower_utils.typed_config import ConfigError, build_dataclass, choice, number
 
 FEATURE_TYPES = ("categorical", "numeric", "multi_hot")
 SPLIT_METHODS = ("benchmark", "random", "temporal", "leave_last_out", "cold_items")
@@ -26,23 +25,6 @@ DATASETS = ("movielens-100k", "synthetic", "csv")
 METRICS = ("precision", "recall", "ndcg", "map", "map_at_k", "hit_rate", "coverage")
 DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 INDEXES = ("brute_force", "scann")
-
-
-class ConfigError(ValueError):
-    """Raised when a configuration (file or overrides) is not valid; lists every problem
-    (also as the list `problems`)."""
-
-    def __init__(self, message: str, problems: list[str] | None = None):
-        super().__init__(message)
-        self.problems = list(problems) if problems is not None else [message]
-
-
-def _choice(*allowed: str, default: str) -> Any:
-    return field(default=default, metadata={"choices": allowed})
-
-
-def _number(default: float | int | None, lo=None, hi=None, lo_open=False, hi_open=False) -> Any:
-    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
 
 
 # The shipped ensemble's members 3 and 4 (members 1 and 2 train with the BCE default).
@@ -53,25 +35,25 @@ SOFTMAX_MEMBER = {"training.loss": "softmax", "training.logq_correction": True}
 class ModelConfig:
     """The towers and how they are compared."""
 
-    embedding_dim: int = _number(64, lo=1)
+    embedding_dim: int = number(64, lo=1)
     hidden_layers: list[int] = field(default_factory=list)
     output_projection: bool = True
-    dropout: float = _number(0.1, lo=0.0, hi=1.0, hi_open=True)
-    activation: str = _choice("relu", "gelu", "elu", "selu", "tanh", "swish", default="relu")
-    similarity: str = _choice("dot", "cosine", default="dot")
-    temperature: float = _number(1.0, lo=0.0, lo_open=True)
+    dropout: float = number(0.1, lo=0.0, hi=1.0, hi_open=True)
+    activation: str = choice("relu", "gelu", "elu", "selu", "tanh", "swish", default="relu")
+    similarity: str = choice("dot", "cosine", default="dot")
+    temperature: float = number(1.0, lo=0.0, lo_open=True)
     use_user_features: bool = True
     use_item_features: bool = True
     use_history: bool = True
     use_user_id: bool = False
-    history_dropout: float = _number(0.3, lo=0.0, hi=1.0, hi_open=True)
+    history_dropout: float = number(0.3, lo=0.0, hi=1.0, hi_open=True)
     history_leave_one_out: bool = False
-    l2_regularization: float = _number(0.05, lo=0.0)
+    l2_regularization: float = number(0.05, lo=0.0)
     # Members trained side by side in one model, each step giving each its own batch
     # (embeddings side by side: a score is the sum of the members' scores); member m
     # applies ensemble_member_overrides[m], if given (entries beyond ensemble_size are
     # unused, so ensemble_size alone can shrink it).
-    ensemble_size: int = _number(4, lo=1)
+    ensemble_size: int = number(4, lo=1)
     ensemble_member_overrides: list[dict[str, Any]] = field(
         default_factory=lambda: [{}, {}] + [dict(SOFTMAX_MEMBER) for _ in range(2)])
 
@@ -80,53 +62,53 @@ class ModelConfig:
 class TrainingConfig:
     """Optimisation, schedule, early stopping and the loss."""
 
-    batch_size: int = _number(1024, lo=1)
+    batch_size: int = number(1024, lo=1)
     # Batches of whole users (users shuffled, each one's pairs together) rather than of
     # pairs drawn at random: each user's history is then pooled about once per epoch.
     batch_by_user: bool = False
-    epochs: int = _number(30, lo=1)
-    learning_rate: float = _number(0.005, lo=0.0, lo_open=True)
-    learning_rate_decay_factor: float = _number(0.9, lo=0.0, hi=1.0, lo_open=True)
-    learning_rate_decay_steps: int = _number(1000, lo=1)
-    early_stopping_patience: int = _number(5, lo=0)
-    early_stopping_metric: str = _choice("ndcg@10", "recall@10", "ndcg@20", "recall@20",
+    epochs: int = number(30, lo=1)
+    learning_rate: float = number(0.005, lo=0.0, lo_open=True)
+    learning_rate_decay_factor: float = number(0.9, lo=0.0, hi=1.0, lo_open=True)
+    learning_rate_decay_steps: int = number(1000, lo=1)
+    early_stopping_patience: int = number(5, lo=0)
+    early_stopping_metric: str = choice("ndcg@10", "recall@10", "ndcg@20", "recall@20",
                                          default="ndcg@10")
-    loss: str = _choice("bce", "sampled_softmax", "softmax", default="bce")
+    loss: str = choice("bce", "sampled_softmax", "softmax", default="bce")
     # Items shared by a batch in the sampled softmax; 0 = every item seen in training.
-    softmax_negatives: int = _number(0, lo=0)
+    softmax_negatives: int = number(0, lo=0)
     in_batch_negatives: bool = False
     logq_correction: bool = False
     # Label-0 rows (explicit negatives) drawn per positive from its user's training ones
     # into the BCE beside the sampled negatives (0 = off), and the weight of their terms.
-    explicit_negatives: int = _number(0, lo=0)
-    explicit_negative_weight: float = _number(1.0, lo=0.0)
+    explicit_negatives: int = number(0, lo=0)
+    explicit_negative_weight: float = number(1.0, lo=0.0)
     # After early stopping, train afresh on train + validation for the best epoch count.
     refit_with_validation: bool = True
-    seed: int = _number(42, lo=0)
+    seed: int = number(42, lo=0)
     # tf.distribute strategy of `python -m twotower_utils.distributed` (see docs/serving.md).
-    distribution_strategy: str = _choice(*DISTRIBUTION_STRATEGIES, default="default")
+    distribution_strategy: str = choice(*DISTRIBUTION_STRATEGIES, default="default")
 
 
 @dataclass(frozen=True)
 class SplitConfig:
     """How interactions are divided into train, validation and test."""
 
-    method: str = _choice(*SPLIT_METHODS, default="benchmark")
-    train_ratio: float = _number(0.75, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    validation_ratio: float = _number(0.1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    seed: int = _number(42, lo=0)
+    method: str = choice(*SPLIT_METHODS, default="benchmark")
+    train_ratio: float = number(0.75, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    validation_ratio: float = number(0.1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    seed: int = number(42, lo=0)
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Size and shape of the synthetic dataset with planted taste clusters."""
 
-    num_users: int = _number(2000, lo=1)
-    num_items: int = _number(1000, lo=1)
-    num_interactions: int = _number(50000, lo=1)
-    num_clusters: int = _number(8, lo=1)
-    popularity_exponent: float = _number(1.0, lo=0.0)
-    seed: int = _number(0, lo=0)
+    num_users: int = number(2000, lo=1)
+    num_items: int = number(1000, lo=1)
+    num_interactions: int = number(50000, lo=1)
+    num_clusters: int = number(8, lo=1)
+    popularity_exponent: float = number(1.0, lo=0.0)
+    seed: int = number(0, lo=0)
 
 
 @dataclass(frozen=True)
@@ -195,7 +177,7 @@ class DataConfig:
     declaration (MovieLens-100K and synthetic know theirs; CSV datasets then use ids only).
     """
 
-    dataset: str = _choice(*DATASETS, default="movielens-100k")
+    dataset: str = choice(*DATASETS, default="movielens-100k")
     ml100k_dir: str | None = None
     # users_csv/items_csv may be null for a csv dataset: the ids then come from the
     # interactions and that side has no features.
@@ -210,19 +192,19 @@ class DataConfig:
     missing_values: list[str] = field(default_factory=list)
     user_features: dict[str, str] | None = None
     item_features: dict[str, str] | None = None
-    missing_feature_rows: str = _choice("drop", "keep", default="drop")
+    missing_feature_rows: str = choice("drop", "keep", default="drop")
     # One row per (user, item) pair before the split (see rawdata.resolve_pairs): repeated
     # rows keep the latest/first one or are refused; a pair labelled 1 and 0 is resolved or
     # refused. Both are counted, logged and noted in stats.json.
-    duplicates: str = _choice("keep_latest", "keep_first", "error", default="keep_latest")
-    conflicting_labels: str = _choice("positive_wins", "latest_wins", "error",
+    duplicates: str = choice("keep_latest", "keep_first", "error", default="keep_latest")
+    conflicting_labels: str = choice("positive_wins", "latest_wins", "error",
                                       default="positive_wins")
     split: SplitConfig = field(default_factory=SplitConfig)
-    num_negatives: int = _number(16, lo=0)
+    num_negatives: int = number(16, lo=0)
     # Rows of negatives.parquet (inspection and pointwise checks only; training resamples).
-    negatives_sample_size: int = _number(100_000, lo=1)
-    negative_sampling: str = _choice("uniform", "popularity", default="uniform")
-    popularity_alpha: float = _number(0.75, lo=0.0)
+    negatives_sample_size: int = number(100_000, lo=1)
+    negative_sampling: str = choice("uniform", "popularity", default="uniform")
+    popularity_alpha: float = number(0.75, lo=0.0)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -250,18 +232,18 @@ class PathsConfig:
 class ScannConfig:
     """ScaNN index settings; null leaves are sized from the catalogue at build time."""
 
-    num_leaves: int | None = _number(None, lo=0)
-    num_leaves_to_search: int | None = _number(None, lo=1)
-    reorder: int = _number(500, lo=0)
+    num_leaves: int | None = number(None, lo=0)
+    num_leaves_to_search: int | None = number(None, lo=1)
+    reorder: int = number(500, lo=0)
 
 
 @dataclass(frozen=True)
 class ServingConfig:
     """Online and batch recommendation: the index, list length and batch chunking."""
 
-    index: str = _choice(*INDEXES, default="brute_force")
-    top_k: int = _number(10, lo=1)
-    batch_chunk_size: int = _number(10_000, lo=1)
+    index: str = choice(*INDEXES, default="brute_force")
+    top_k: int = number(10, lo=1)
+    batch_chunk_size: int = number(10_000, lo=1)
     scann: ScannConfig = field(default_factory=ScannConfig)
 
 
@@ -315,7 +297,7 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[s
                 target[part] = {}
             target = target[part]
         leaf = parts[-1]
-        if isinstance(value, dict) and isinstance(target.get(leaf), dict) and _is_section(
+        if isinstance(value, dict) and isinstance(target.get(leaf), dict) and is_section(
             target[leaf]
         ):
             target[leaf] = deep_merge(target[leaf], value)
@@ -324,9 +306,9 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[s
     return merged
 
 
-def _is_section(value: dict[str, Any]) -> bool:
-    # Feature declarations are dicts of strings; sections hold at least one non-type value
-    # or are known names. A section is merged key by key, a declaration is replaced whole.
+def is_section(value: dict[str, Any]) -> bool:
+    """True when `value` is a config section (merged key by key), False for a feature
+    declaration such as `{"age": "numeric"}` (a leaf, replaced whole)."""
     return not value or not all(v in FEATURE_TYPES for v in value.values())
 
 
@@ -353,241 +335,16 @@ def load_config(
 def config_from_dict(raw: dict[str, Any], root: Path | str = ".") -> Config:
     """Build and validate a `Config` from plain data (missing keys take their defaults)."""
     problems: list[str] = []
-    config = _build(Config, raw, "", problems)
+    config = build_dataclass(Config, raw, "", problems)
     if config is not None:
-        problems.extend(_cross_checks(config))
-        problems.extend(_member_problems(config, known=problems))
+        from twotower_utils.config_checks import cross_checks, member_problems
+
+        problems.extend(cross_checks(config))
+        problems.extend(member_problems(config, known=problems))
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems), problems)
     return dataclasses.replace(config, root=Path(root).resolve())
 
 
-def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
-    if not isinstance(raw, dict):
-        where = prefix.rstrip(".") or "<top level>"
-        problems.append(f"{where} = {raw!r}: expected an object (JSON dict)")
-        return None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    for key in raw:
-        if key not in fields:
-            problems.append(
-                f"{prefix}{key}: unknown key; allowed keys: {', '.join(sorted(fields))}"
-            )
-    kwargs = {}
-    for name, spec in fields.items():
-        if name not in raw:
-            continue
-        key_path = f"{prefix}{name}"
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, raw[name], key_path + ".", problems)
-            continue
-        value = raw[name]
-        error = _type_error(value, hint) or _constraint_error(value, spec)
-        if error:
-            problems.append(f"{key_path} = {value!r}: {error}")
-        else:
-            kwargs[name] = float(value) if hint is float else value
-    kwargs = {k: v for k, v in kwargs.items() if v is not None or _optional(hints[k])}
-    return cls(**kwargs)
-
-
-def _optional(hint: Any) -> bool:
-    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
-
-
-def _type_error(value: Any, hint: Any) -> str | None:
-    if _optional(hint):
-        if value is None:
-            return None
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (inner,) = typing.get_args(hint)
-        if not isinstance(value, list) or any(_type_error(v, inner) for v in value):
-            return f"expected a list of {inner.__name__}"
-        return None
-    if origin is dict:
-        key_t, val_t = typing.get_args(hint)
-        if not isinstance(value, dict) or any(
-            _type_error(k, key_t) or _type_error(v, val_t) for k, v in value.items()
-        ):
-            return (f"expected an object mapping {key_t.__name__} to "
-                    f"{getattr(val_t, '__name__', 'values')}")
-        return None
-    if hint is bool:
-        return None if isinstance(value, bool) else "expected true or false"
-    if hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return None if ok else "expected an integer"
-    if hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok and not math.isfinite(value):
-            return "expected a finite number (NaN and infinity are never valid here)"
-        return None if ok else "expected a number"
-    if hint is str:
-        return None if isinstance(value, str) else "expected a string"
-    return None
-
-
-def _constraint_error(value: Any, spec: dataclasses.Field) -> str | None:
-    if value is None:
-        return None
-    choices = spec.metadata.get("choices")
-    if choices and value not in choices:
-        return f"expected one of {', '.join(map(repr, choices))}"
-    bounds = spec.metadata.get("range")
-    if bounds:
-        lo, hi, lo_open, hi_open = bounds
-        too_low = lo is not None and (value <= lo if lo_open else value < lo)
-        too_high = hi is not None and (value >= hi if hi_open else value > hi)
-        if too_low or too_high:
-            return f"expected a value in {_interval(lo, hi, lo_open, hi_open)}"
-    return None
-
-
-def _interval(lo, hi, lo_open, hi_open) -> str:
-    left = "(" if lo_open or lo is None else "["
-    right = ")" if hi_open or hi is None else "]"
-    lo_s = "-inf" if lo is None else f"{lo:g}"
-    hi_s = "inf" if hi is None else f"{hi:g}"
-    return f"{left}{lo_s}, {hi_s}{right}"
-
-
-# What an ensemble member may change: its loss, negatives and regularisation. The members
-# train in one step (one optimizer, one batch size, one schedule, one early stopping) in
-# towers of one shape, so everything else is shared.
-MEMBER_OVERRIDABLE = ("training.loss", "training.softmax_negatives",
-                      "training.in_batch_negatives", "training.logq_correction",
-                      "training.explicit_negatives", "training.explicit_negative_weight",
-                      "data.num_negatives", "data.negative_sampling", "data.popularity_alpha",
-                      "model.l2_regularization", "model.dropout", "model.history_dropout",
-                      "model.history_leave_one_out", "model.temperature")
-
-
+# The settings of one ensemble member trained alone (`ensemble.member_config`).
 SINGLE_MEMBER = {"model.ensemble_size": 1, "model.ensemble_member_overrides": []}
-
-
-def _member_problems(config: Config, known: list[str]) -> list[str]:
-    """Problems of each member's configuration that the shared one does not already have
-    (`known`), so a bad shared key is reported once, not once per member."""
-    model = config.model
-    problems = []
-    for index, overrides in enumerate(model.ensemble_member_overrides):
-        where = f"model.ensemble_member_overrides[{index}]"
-        flat = _flatten(overrides)
-        bad = sorted(key for key in flat
-                     if key in ("training.seed", "training.refit_with_validation")
-                     or not key.startswith(MEMBER_OVERRIDABLE))
-        if bad:
-            problems.append(f"{where}: {', '.join(bad)} cannot differ between members; "
-                            f"allowed: {', '.join(MEMBER_OVERRIDABLE)}")
-            continue
-        try:
-            config.with_overrides({**flat, **SINGLE_MEMBER})
-        except ConfigError as error:
-            own = [line for line in error.problems if line not in known]
-            if own:
-                problems.append(f"{where}: {'; '.join(own)}")
-    return problems
-
-
-def _flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and _is_section(value):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _cross_checks(config: Config) -> list[str]:
-    """Checks that involve more than one key."""
-    problems = []
-    model, data, evaluation = config.model, config.data, config.evaluation
-    if any(size < 1 for size in model.hidden_layers):
-        problems.append(
-            f"model.hidden_layers = {model.hidden_layers!r}: every layer size must be >= 1"
-        )
-    if not model.hidden_layers and not model.output_projection:
-        problems.append(
-            "model.hidden_layers = []: with model.output_projection = false the towers would "
-            "have no layer mapping features to the embedding; give at least one hidden layer "
-            "or set model.output_projection to true"
-        )
-    if not model.output_projection and model.hidden_layers and (
-        model.hidden_layers[-1] != model.embedding_dim
-    ):
-        problems.append(
-            f"model.hidden_layers = {model.hidden_layers!r}: without an output projection the "
-            f"last hidden layer is the embedding, so it must equal model.embedding_dim "
-            f"({model.embedding_dim})"
-        )
-    for name, declared in (("user_features", data.user_features),
-                           ("item_features", data.item_features)):
-        for column, kind in (declared or {}).items():
-            if kind not in FEATURE_TYPES:
-                problems.append(
-                    f"data.{name}.{column} = {kind!r}: expected one of "
-                    f"{', '.join(map(repr, FEATURE_TYPES))}"
-                )
-    if data.dataset == "csv":
-        if data.interactions_csv is None:
-            problems.append("data.interactions_csv = None: required when data.dataset is 'csv'")
-        for side in ("user", "item"):
-            declared = getattr(data, f"{side}_features")
-            if getattr(data, f"{side}s_csv") is None and declared:
-                problems.append(
-                    f"data.{side}_features = {declared!r}: data.{side}s_csv is null, so "
-                    f"{side}s have no feature table; set data.{side}s_csv or set "
-                    f"data.{side}_features to null"
-                )
-    problems.extend(_label_problems(data))
-    if data.split.method == "benchmark" and data.split.train_ratio != 0.75:
-        problems.append(
-            f"data.split.train_ratio = {data.split.train_ratio!r}: the benchmark split is fixed "
-            "at 0.75; use data.split.method = 'random' (per user) for another ratio"
-        )
-    bad_metrics = [m for m in evaluation.metrics if m not in METRICS]
-    if bad_metrics or not evaluation.metrics:
-        problems.append(
-            f"evaluation.metrics = {evaluation.metrics!r}: expected a non-empty list drawn "
-            f"from {', '.join(METRICS)}"
-        )
-    if not evaluation.k_values or any(k < 1 for k in evaluation.k_values):
-        problems.append(
-            f"evaluation.k_values = {evaluation.k_values!r}: expected a non-empty list of "
-            "integers >= 1"
-        )
-    training = config.training
-    sampled = training.loss in ("bce", "sampled_softmax")
-    if training.loss == "bce" and data.num_negatives == 0 and not training.in_batch_negatives:
-        problems.append(
-            f"data.num_negatives = 0: the {training.loss!r} loss needs negatives; set "
-            "num_negatives >= 1 or training.in_batch_negatives = true"
-        )
-    if (training.logq_correction and sampled and data.negative_sampling == "uniform"
-            and not training.in_batch_negatives):
-        # Uniform negatives have equal sampling probability: there is nothing to correct.
-        # (In-batch negatives arrive with their training frequency, which is corrected.)
-        problems.append(
-            f"training.logq_correction = True: with the {training.loss!r} loss and no "
-            "in-batch negatives, logQ correction needs data.negative_sampling = 'popularity'"
-        )
-    return problems
-
-
-def _label_problems(data: DataConfig) -> list[str]:
-    """`data.label` must parse and name a column the mapping keeps."""
-    try:
-        mode, _, _ = parse_label(data.label)
-    except ConfigError as error:
-        return [str(error)]
-    role = {"column": "label", "rating": "rating"}.get(mode)
-    if role and getattr(data.columns.interactions, role) is None:
-        return [f"data.label = {data.label!r} reads the {role} column, but "
-                f"data.columns.interactions.{role} is null; name the column or set "
-                "data.label to 'all_positive'"]
-    return []
