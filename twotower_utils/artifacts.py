@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from twotower_utils.io import read_json, remove_stale_temporaries, write_json
 
 __all__ = ["MANIFEST", "RUN_KIND", "RunDirectoryError", "check_run_dir", "check_save_target",
-           "write_manifest"]
+           "load_history", "save_history", "write_manifest"]
 
 MANIFEST = "manifest.json"
 RUN_KIND = "twotower-run"
@@ -109,6 +110,19 @@ def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
         raise _damaged(run_dir, "item_embeddings.npy",
                        f"embedding sizes {sorted(dims)} differ between users and items")
     return manifest
+
+
+def save_history(path: Path, matrix: sp.csr_matrix) -> None:
+    """Write a binary user x item csr matrix (a run's train + validation positives) as npz."""
+    np.savez(path, indptr=matrix.indptr, indices=matrix.indices, shape=np.asarray(matrix.shape))
+
+
+def load_history(path: Path) -> sp.csr_matrix:
+    """Read what `save_history` wrote: float32 ones at the stored positions."""
+    with np.load(path) as archive:
+        indices = archive["indices"]
+        return sp.csr_matrix((np.ones(len(indices), np.float32), indices, archive["indptr"]),
+                             shape=tuple(int(v) for v in archive["shape"]))
 
 
 def _damaged(run_dir: Path, name: str, problem: Any) -> RunDirectoryError:

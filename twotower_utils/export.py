@@ -40,7 +40,7 @@ from twotower_utils.indexes import INDEXES, apply_scann_params, default_scann_pa
 from twotower_utils.io import write_json  # noqa: E402
 from twotower_utils.serving import ServingRun, serving_settings  # noqa: E402
 
-__all__ = ["RawUserEncoder", "export_recommender", "raw_feature_signature"]
+__all__ = ["RawUserEncoder", "export_recommender", "export_tower", "raw_feature_signature"]
 
 ID_FEATURE = "__id__"
 
@@ -287,3 +287,18 @@ def export_recommender(run: ServingRun | str | Path, path: str | Path, index: st
         "num_candidates": module.num_candidates, "run": str(run.directory)})
     return path
 
+
+def export_tower(model, side: str, path: str | Path) -> None:
+    """Save one tower of `model` as a SavedModel with a `serving_default` signature.
+
+    The signature takes the tower's encoded inputs (`Tower.input_signature`: `id` int32
+    `[B]` = the `<side>/__id__` row, 0 if unknown; each feature as `FeatureEncoder` encodes
+    it; `history` int32 `[B, L]` item indices padded with 0, for a user tower with history)
+    and returns `{"embedding": float32 [B, d]}`.
+    """
+    tower = model.user_tower if side == "user" else model.item_tower
+    module = tf.Module()
+    module.tower = tower
+    module.serve = tf.function(lambda inputs: {"embedding": tower(inputs, training=False)},
+                               input_signature=[tower.input_signature()])
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from twotower_utils.artifacts import check_run_dir
+from twotower_utils.artifacts import check_run_dir, load_history
 from twotower_utils.indexes import INDEXES, ScannParams, build_index
 from twotower_utils.io import read_json, write_json
 
@@ -73,13 +73,6 @@ def serving_settings(config: Any = None) -> dict[str, Any]:
     return settings
 
 
-def _load_csr(path: Path) -> sp.csr_matrix:
-    with np.load(path) as archive:
-        indices = archive["indices"]
-        return sp.csr_matrix((np.ones(len(indices), np.float32), indices, archive["indptr"]),
-                             shape=tuple(int(v) for v in archive["shape"]))
-
-
 @dataclass
 class ServingRun:
     """The serving view of a saved run (row = index; index 0 is the out-of-vocabulary slot).
@@ -115,7 +108,7 @@ class ServingRun:
             item_ids=np.asarray(vocab["item_id"], dtype=object).astype(str),
             user_vectors=np.load(run_dir / "user_embeddings.npy", mmap_mode="r"),
             item_vectors=np.load(run_dir / "item_embeddings.npy", mmap_mode="r"),
-            history=_load_csr(run_dir / "history.npz"),
+            history=load_history(run_dir / "history.npz"),
             candidates=np.load(run_dir / "candidates.npy"),
             config=read_json(run_dir / "config.json"),
         )

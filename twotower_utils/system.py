@@ -22,13 +22,19 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from twotower_utils.artifacts import check_run_dir, check_save_target, write_manifest
+from twotower_utils.artifacts import (
+    check_run_dir,
+    check_save_target,
+    load_history,
+    save_history,
+    write_manifest,
+)
 from twotower_utils.config import Config, config_from_dict, load_config
 from twotower_utils.fingerprint import FINGERPRINT_FILE, data_fingerprint
 from twotower_utils.io import atomic_directory, read_json, write_json
 from twotower_utils.runs import check_run_id
 
-__all__ = ["TwoTowerRecallSystem", "export_tower"]
+__all__ = ["TwoTowerRecallSystem"]
 
 
 class _RunData:
@@ -47,24 +53,6 @@ def _csr(frames: list[pd.DataFrame], shape: tuple[int, int]) -> sp.csr_matrix:
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix
-
-
-def export_tower(model, side: str, path: str | Path) -> None:
-    """Save one tower of `model` as a SavedModel with a `serving_default` signature.
-
-    The signature takes the tower's encoded inputs (`Tower.input_signature`: `id` int32
-    `[B]` = the `<side>/__id__` row, 0 if unknown; each feature as `FeatureEncoder` encodes
-    it; `history` int32 `[B, L]` item indices padded with 0, for a user tower with history)
-    and returns `{"embedding": float32 [B, d]}`.
-    """
-    import tensorflow as tf
-
-    tower = model.user_tower if side == "user" else model.item_tower
-    module = tf.Module()
-    module.tower = tower
-    module.serve = tf.function(lambda inputs: {"embedding": tower(inputs, training=False)},
-                               input_signature=[tower.input_signature()])
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
 def _check_feature_names(side: str, given: dict[str, Any], specs: list[dict]) -> None:
@@ -87,17 +75,6 @@ def _is_processed_for(directory: Path, config: Config) -> bool:
         return read_json(path).get("digest") == data_fingerprint(config).digest
     except ValueError:
         return False
-
-
-def _save_csr(path: Path, matrix: sp.csr_matrix) -> None:
-    np.savez(path, indptr=matrix.indptr, indices=matrix.indices, shape=np.asarray(matrix.shape))
-
-
-def _load_csr(path: Path) -> sp.csr_matrix:
-    with np.load(path) as archive:
-        indices = archive["indices"]
-        return sp.csr_matrix((np.ones(len(indices), np.float32), indices, archive["indptr"]),
-                             shape=tuple(int(v) for v in archive["shape"]))
 
 
 class TwoTowerRecallSystem:
@@ -344,11 +321,13 @@ class TwoTowerRecallSystem:
                        {"user_id": list(data.user_vocab), "item_id": list(data.item_vocab)})
             write_json(staging / "feature_specs.json", data.feature_specs)
             np.savez(staging / "features.npz", **data.features)
-            _save_csr(staging / "history.npz", self._serving_history)
+            save_history(staging / "history.npz", self._serving_history)
             np.save(staging / "candidates.npy", self._candidates)
             np.save(staging / "user_embeddings.npy", self._users())
             np.save(staging / "item_embeddings.npy", self._items())
             self.model.save_weights(str(staging / "weights" / "model"))
+            from twotower_utils.export import export_tower
+
             export_tower(self.model, "user", staging / "user_tower")
             export_tower(self.model, "item", staging / "item_tower")
             if self.training_result is not None:
@@ -378,7 +357,7 @@ class TwoTowerRecallSystem:
         vocab = read_json(run_dir / "vocabularies.json")
         with np.load(run_dir / "features.npz") as archive:
             features = {key: archive[key] for key in archive.files}
-        history = _load_csr(run_dir / "history.npz")
+        history = load_history(run_dir / "history.npz")
         system.data = _RunData(vocab["user_id"], vocab["item_id"], features,
                                read_json(run_dir / "feature_specs.json"), history)
         system._serving_history = history
