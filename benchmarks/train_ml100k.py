@@ -33,8 +33,9 @@ import tensorflow as tf  # noqa: E402
 
 from twotower_utils.evaluation import evaluate_recommendations  # noqa: E402
 from twotower_utils.model import MODEL_DEFAULTS, feature_dim  # noqa: E402
+from twotower_utils.sampler import PairSampler  # noqa: E402
 from twotower_utils.system import TwoTowerRecallSystem  # noqa: E402
-from twotower_utils.training import PairSampler, Trainer  # noqa: E402
+from twotower_utils.training import Trainer  # noqa: E402
 
 
 class BareLoop(tf.Module):

@@ -221,11 +221,11 @@ def test_sampled_softmax_with_negatives_covering_the_catalogue_is_the_exact_soft
 @pytest.mark.parametrize("sampling", ["uniform", "popularity"])
 def test_sampled_negatives_never_include_the_users_training_positives(
         data, workdir, project_root, sampling, lookup, monkeypatch):
-    from twotower_utils import training
+    from twotower_utils import sampler
     from twotower_utils.model import build_model
 
     if lookup == "hash":  # the lookup large data gets: users x items over the dense limit
-        monkeypatch.setattr(training, "DENSE_MASK_MAX_CELLS", 0)
+        monkeypatch.setattr(sampler, "DENSE_MASK_MAX_CELLS", 0)
     config = load_config(project_root / "config.json",
                          small_overrides(workdir, **{"data.negative_sampling": sampling}))
     model = build_model(data, config)

@@ -51,7 +51,7 @@ from twotower_utils import losses  # noqa: E402
 from twotower_utils.config import Config  # noqa: E402
 from twotower_utils.ensemble import member_settings  # noqa: E402
 from twotower_utils.explicit_negatives import ExplicitNegatives  # noqa: E402
-from twotower_utils.training import PairSampler, ragged_rows  # noqa: E402
+from twotower_utils.sampler import PairSampler, ragged_rows  # noqa: E402
 
 __all__ = ["MODEL_DEFAULTS", "CheckpointedDropout", "Tower", "TwoTowerModel", "build_model",
            "feature_dim", "ragged_rows"]
