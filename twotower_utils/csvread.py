@@ -89,21 +89,29 @@ def _strict_read(path: Path, options: dict) -> pd.DataFrame:
         return pd.read_csv(path, **options)
 
 
-def _trailing_empty_fields(path: Path) -> tuple[int, int]:
-    """(header width, rows longer than it) when every extra field is empty, else (0, 0)."""
-    longer = 0
+def _rows_longer_than_header(path: Path):
+    """Yield `(line number, row, header width)` for each row with more fields than the
+    header; stops quietly on a file csv cannot read (the caller's error path names that)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = csv.reader(handle)
             width = len(next(rows))
             for row in rows:
                 if len(row) > width:
-                    if any(field.strip() for field in row[width:]):
-                        return 0, 0
-                    longer += 1
+                    yield rows.line_num, row, width
     except (OSError, UnicodeDecodeError, csv.Error, StopIteration):
-        return 0, 0
-    return width, longer
+        return
+
+
+def _trailing_empty_fields(path: Path) -> tuple[int, int]:
+    """(header width, rows longer than it) when there are such rows and every extra field is
+    empty, else (0, 0)."""
+    longer, width = 0, 0
+    for _, row, width in _rows_longer_than_header(path):
+        if any(field.strip() for field in row[width:]):
+            return 0, 0
+        longer += 1
+    return (width, longer) if longer else (0, 0)
 
 
 def encoding_problem(path: Path) -> str:
@@ -152,16 +160,9 @@ def delimiter_problem(path: Path, required: list[str]) -> str | None:
 
 def ragged_line(path: Path) -> str | None:
     """The first line with more fields than the header, in words, or None."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = csv.reader(handle)
-            width = len(next(rows))
-            for row in rows:
-                if len(row) > width:
-                    return (f"line {rows.line_num} has {len(row)} fields but the header has "
-                            f"{width}; quote values that contain commas")
-    except (UnicodeDecodeError, csv.Error, StopIteration):
-        pass
+    for line, row, width in _rows_longer_than_header(path):
+        return (f"line {line} has {len(row)} fields but the header has {width}; quote values "
+                "that contain commas")
     return None
 
 
