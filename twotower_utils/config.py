@@ -264,12 +264,15 @@ class Config:
         value = Path(getattr(self.paths, name))
         return value if value.is_absolute() else (self.root / value).resolve()
 
-    def processed_dir(self) -> Path:
+    def processed_dir(self, digest: str | None = None) -> Path:
         """`data/processed/<dataset>-<fingerprint>/`: the processed data these settings make
-        (see `twotower_utils.fingerprint`; runs with equal data settings share it)."""
-        from twotower_utils.fingerprint import data_fingerprint
+        (see `twotower_utils.fingerprint`; runs with equal data settings share it). Pass the
+        `digest` of a fingerprint already computed to skip computing it again."""
+        if digest is None:
+            from twotower_utils.fingerprint import data_fingerprint
 
-        return self.path("processed_dir") / f"{self.data.dataset}-{data_fingerprint(self).digest}"
+            digest = data_fingerprint(self).digest
+        return self.path("processed_dir") / f"{self.data.dataset}-{digest}"
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-able data, in the shape of config.json."""

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from twotower_utils.config import Config, load_config
-from twotower_utils.fingerprint import FINGERPRINT_FILE, data_fingerprint, describe_differences
+from twotower_utils.fingerprint import (
+    FINGERPRINT_FILE,
+    DataFingerprint,
+    data_fingerprint,
+    describe_differences,
+)
 from twotower_utils.io import read_json, write_json
 
 __all__ = ["FAST_OVERRIDES", "DEFAULT_RUN_ID", "Run", "start_run", "new_run_id",
@@ -89,11 +94,13 @@ class Run:
     def bind_data(self) -> Path:
         """Record the current data settings as this run's data (the data stage does this);
         returns the processed-data directory."""
-        fingerprint = data_fingerprint(self.config)
+        return self._bind(data_fingerprint(self.config))
+
+    def _bind(self, fingerprint: DataFingerprint) -> Path:
+        directory = self.config.processed_dir(fingerprint.digest)
         self.reports_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.data_record_path, fingerprint.to_dict()
-                   | {"directory": str(self.config.processed_dir())})
-        return self.config.processed_dir()
+        write_json(self.data_record_path, fingerprint.to_dict() | {"directory": str(directory)})
+        return directory
 
     def check_data(self, model: bool = False) -> Path:
         """The processed-data directory for this stage, refusing to mix runs.
@@ -104,7 +111,7 @@ class Run:
         """
         current = data_fingerprint(self.config)
         if not self.data_record_path.is_file():
-            return self.bind_data()
+            return self._bind(current)
         recorded = [("run", read_json(self.data_record_path))]
         model_record = self.models_dir / FINGERPRINT_FILE
         if model and model_record.is_file():
@@ -117,7 +124,7 @@ class Run:
                     f"stage's settings describe ({changed}). Pass the run's own settings "
                     "again, start a new run id, or rerun it from the data stage "
                     "(--from-stage preprocessing)")
-        return self.config.processed_dir()
+        return self.config.processed_dir(current.digest)
 
     @property
     def models_dir(self) -> Path:

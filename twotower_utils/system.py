@@ -66,13 +66,13 @@ def _check_feature_names(side: str, given: dict[str, Any], specs: list[dict]) ->
             + f" (as declared in data.{side}_features)")
 
 
-def _is_processed_for(directory: Path, config: Config) -> bool:
-    """True when `directory` holds a finished data stage made with `config`'s settings."""
+def _is_processed_for(directory: Path, digest: str) -> bool:
+    """True when `directory` holds a finished data stage whose fingerprint is `digest`."""
     path = directory / FINGERPRINT_FILE
     if not ((directory / "stats.json").is_file() and path.is_file()):
         return False
     try:
-        return read_json(path).get("digest") == data_fingerprint(config).digest
+        return read_json(path).get("digest") == digest
     except ValueError:
         return False
 
@@ -118,8 +118,9 @@ class TwoTowerRecallSystem:
         """
         from twotower_utils.preprocessing import DataPreprocessor, load_processed
 
-        directory = self.config.processed_dir()
-        if not (reuse and _is_processed_for(directory, self.config)):
+        digest = data_fingerprint(self.config).digest
+        directory = self.config.processed_dir(digest)
+        if not (reuse and _is_processed_for(directory, digest)):
             DataPreprocessor(self.config, log=self.log).run()
         self.data = load_processed(directory)
         shape = (self.data.num_users, self.data.num_items)
