@@ -63,15 +63,21 @@ def write_summary(reports_dir: str | Path, summary: dict[str, Any]) -> Path:
 
 def read_summaries(reports_root: str | Path) -> list[dict[str, Any]]:
     """Every readable `*/summary.json` under `reports_root`, newest run first."""
-    summaries = []
-    for path in Path(reports_root).glob("*/summary.json"):
+    return _read_records(Path(reports_root), "*/summary.json")
+
+
+def _read_records(reports_root: Path, pattern: str) -> list[dict[str, Any]]:
+    """The readable JSON files matching `pattern`, each with `_dir` (its folder relative to
+    `reports_root`), newest first by their `started` time."""
+    records = []
+    for path in reports_root.glob(pattern):
         try:
-            summary = json.loads(path.read_text())
+            record = json.loads(path.read_text())
         except (OSError, ValueError):
-            continue  # a summary being written or damaged must not break the index
-        summary["_dir"] = path.parent.name
-        summaries.append(summary)
-    return sorted(summaries, key=lambda s: (s.get("started", ""), s["_dir"]), reverse=True)
+            continue  # a record being written or damaged must not break the index
+        record["_dir"] = path.parent.relative_to(reports_root).as_posix()
+        records.append(record)
+    return sorted(records, key=lambda r: (r.get("started", ""), r["_dir"]), reverse=True)
 
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -119,15 +125,7 @@ def _mark_best(runs: list[dict[str, Any]]) -> None:
 
 def read_sweeps(reports_root: str | Path) -> list[dict[str, Any]]:
     """Every readable `sweeps/*/sweep.json` under `reports_root`, newest first."""
-    sweeps = []
-    for path in Path(reports_root).glob("sweeps/*/sweep.json"):
-        try:
-            sweep = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        sweep["_dir"] = f"sweeps/{path.parent.name}"
-        sweeps.append(sweep)
-    return sorted(sweeps, key=lambda s: (s.get("started", ""), s["_dir"]), reverse=True)
+    return _read_records(Path(reports_root), "sweeps/*/sweep.json")
 
 
 def _sweep_view(sweep: dict[str, Any]) -> dict[str, Any]:
