@@ -15,7 +15,7 @@ help: ## list the targets and the main job's options
 	@echo '  --config FILE              run on another config, e.g. the one make inspect wrote (your own data)'
 	@echo '  --fast                     smoke run: tiny model, two epochs'
 	@echo '  -p KEY VALUE               a config override (-p training.epochs 5) or notebook parameter (-p FAST true)'
-	@echo '  --cell-timeout SECONDS     stop a notebook cell running longer than this (default 600)'
+	@echo '  --cell-timeout SECONDS     stop a notebook cell running longer than this (default 600; training unbounded)'
 	@echo '  --run-id ID                name the run (default: a new timestamped id)'
 	@echo '  --from-stage STAGE         resume: run this stage and the later ones of run --run-id (default the latest run);'
 	@echo '                             training picks up at its last checkpoint (-p RESUME false starts it over)'

@@ -142,6 +142,16 @@ def test_kernel_runs_this_interpreter_and_cell_timeout_stops_with_the_cell(tmp_p
     assert Path(printed).resolve() == Path(sys.executable).resolve()
 
 
+def test_training_cells_run_unbounded_unless_a_timeout_is_given():
+    from twotower_utils.pipeline import DEFAULT_CELL_TIMEOUT, _Settings, stage_cell_timeout
+
+    default = _Settings("k", None, False, False, Path("."))
+    assert stage_cell_timeout("training", default) is None
+    assert stage_cell_timeout("evaluation", default) == DEFAULT_CELL_TIMEOUT
+    given = _Settings("k", 30, False, False, Path("."))
+    assert {stage_cell_timeout(s, given) for s in ("training", "eda")} == {30}
+
+
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):

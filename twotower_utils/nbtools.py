@@ -69,12 +69,12 @@ def notebook_parameters(notebook: Path) -> list[str]:
 
 
 def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any],
-                     kernel_name: str = KERNEL_NAME, cell_timeout: int = 600,
+                     kernel_name: str = KERNEL_NAME, cell_timeout: int | None = 600,
                      log_output: bool = False, kernel_log: Path | None = None) -> None:
     """Execute `notebook` into `output` with papermill; raise `StageError` on any failure.
 
-    Takes the parameters to inject, the kernel, a per-cell timeout in seconds, whether to
-    echo cell output to the papermill logger, and a file for the kernel process's own
+    Takes the parameters to inject, the kernel, a per-cell timeout in seconds (None: none),
+    whether to echo cell output to the papermill logger, and a file for the kernel process's own
     stdout/stderr (None: inherit the terminal). The executed notebook (with the error, if
     any) is always written to `output`. The kernel's working directory is the notebook's
     directory, as in JupyterLab.

@@ -128,10 +128,21 @@ def parse_parameters(pairs: list[tuple[str, str]] | None = None,
     return overrides, params
 
 
+DEFAULT_CELL_TIMEOUT = 600  # seconds per cell, for the stages other than training
+
+
+def stage_cell_timeout(stage: str, settings) -> int | None:
+    """The cell timeout of `stage`: the one given, else `DEFAULT_CELL_TIMEOUT`, except for
+    training, which is not cut short by default (None: no limit)."""
+    if settings.cell_timeout is not None:
+        return settings.cell_timeout
+    return None if stage == "training" else DEFAULT_CELL_TIMEOUT
+
+
 @dataclass
 class _Settings:
     kernel_name: str
-    cell_timeout: int
+    cell_timeout: int | None
     render: bool
     log_output: bool
     notebooks_dir: Path
@@ -144,7 +155,7 @@ def run_pipeline(
     run_id: str | None = None,
     stages: list[str] | None = None,
     from_stage: str | None = None,
-    cell_timeout: int = 600,
+    cell_timeout: int | None = None,
     render: bool = True,
     log_output: bool = False,
     kernel_name: str | None = None,
@@ -155,7 +166,9 @@ def run_pipeline(
 
     Takes the config path, config overrides, notebook parameters (UPPER_CASE; FAST among
     them), the run id (default: a new one; with a stage subset, the latest run's), the
-    stages (see `select_stages`), a per-cell timeout in seconds, whether to render HTML and
+    stages (see `select_stages`), a per-cell timeout in seconds (None: `DEFAULT_CELL_TIMEOUT`
+    for every stage but training, whose cells run unbounded: a healthy training can take
+    as long as its data needs, and it prints a line per epoch), whether to render HTML and
     echo notebook output, the kernel (default: `ensure_kernel()`) and the notebooks
     directory. Returns the summary dict; raises `StageError` after writing the summary of
     a failed run, and ConfigError/ValueError before any notebook runs for bad input.
@@ -209,8 +222,8 @@ def run_pipeline(
             t0 = time.perf_counter()
             try:
                 execute_notebook(notebook, run.reports_dir / notebook.name, values,
-                                 settings.kernel_name, settings.cell_timeout, settings.log_output,
-                                 kernel_log=run.reports_dir / "kernel.log")
+                                 settings.kernel_name, stage_cell_timeout(name, settings),
+                                 settings.log_output, kernel_log=run.reports_dir / "kernel.log")
             finally:
                 record["seconds"] = timings[name] = round(time.perf_counter() - t0, 2)
                 if settings.render and (run.reports_dir / notebook.name).is_file():
@@ -320,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--stage", action="append", help="run only this stage (repeatable)")
     group.add_argument("--from-stage", help="run this stage and the ones after it")
-    parser.add_argument("--cell-timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument("--cell-timeout", type=int, default=None,
+                        help=f"seconds per cell (default: {DEFAULT_CELL_TIMEOUT}, and no limit "
+                        "for the training stage's cells)")
     parser.add_argument("--no-html", action="store_true", help="skip HTML rendering")
     parser.add_argument("--log-output", action="store_true", help="echo notebook output")
     parser.add_argument("--kernel", help=f"Jupyter kernel (default: {KERNEL_NAME}, registered "
