@@ -595,8 +595,8 @@ def test_each_member_keeps_its_own_best_epoch_and_the_refit_takes_it(data, workd
     assert epochs == [int(np.argmax(c)) + 1 for c in curves]
     assert result.best_epoch == max(epochs)
     # Each member's slice is back at its own best epoch.
-    assert member_metrics(model, data.history, validation, trainer.candidates,
-                          "ndcg@10") == pytest.approx([max(c) for c in curves], abs=1e-6)
+    values = member_metrics(model, data.history, validation, trainer.candidates, "ndcg@10")
+    assert list(values.values()) == pytest.approx([max(c) for c in curves], abs=1e-6)
     refit = build_model(data, config)
     snapshots = {}
     refitter = Trainer(refit, config, data.train["user_idx"].to_numpy(),
@@ -608,3 +608,38 @@ def test_each_member_keeps_its_own_best_epoch_and_the_refit_takes_it(data, workd
         for ours, theirs in zip(read_member(refit, member), snapshots[epoch][member],
                                 strict=True):
             np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_stopped_member_leaves_the_step_and_the_others_train_as_before(data, workdir,
+                                                                         project_root):
+    from twotower_utils.ensemble import read_member
+    from twotower_utils.model import build_model
+    from twotower_utils.training import Trainer
+
+    config = load_config(project_root / "config.json", small_overrides(workdir, **{
+        "model.ensemble_size": 2, "training.epochs": 3,
+        "model.ensemble_member_overrides": [{}, {"training.loss": "softmax"}]}))
+
+    def refit(member_epochs):
+        model = build_model(data, config)
+        trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
+                          data.train["item_idx"].to_numpy(), None, data.history,
+                          checkpoint_dir=workdir / f"frozen-{member_epochs}", log=None,
+                          member_epochs=member_epochs)
+        snapshots = {}
+        result = trainer.fit(callbacks=[lambda epoch, _r: snapshots.setdefault(
+            epoch, read_member(model, 1))])
+        return model, result, snapshots
+
+    both, both_result, _ = refit([3, 3])
+    alone, alone_result, snapshots = refit([3, 1])
+    assert [r["members_trained"] for r in alone_result.history] == [2, 1, 1]
+    assert [r["members_trained"] for r in both_result.history] == [2, 2, 2]
+    # Member 0 trains exactly as with member 1 beside it ...
+    for ours, theirs in zip(read_member(alone, 0), read_member(both, 0), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+    # ... and member 1 is its epoch-1 weights, not what it drifted to afterwards.
+    for ours, theirs in zip(read_member(alone, 1), snapshots[1], strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert any(not np.array_equal(a, b) for a, b in zip(read_member(alone, 1),
+                                                         read_member(both, 1), strict=True))

@@ -126,20 +126,23 @@ def write_member(model, member: int, values: list[np.ndarray]) -> None:
 
 
 def member_metrics(model, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
-                   candidates: np.ndarray | None, metric: str) -> list[float]:
-    """Each member's `metric` (e.g. "ndcg@10") on `relevant`, scored by its own slice of the
-    embeddings alone (`exclude`: items never recommended; `candidates`: recommendable)."""
+                   candidates: np.ndarray | None, metric: str,
+                   members=None) -> dict[int, float]:
+    """`{member: metric}` (e.g. "ndcg@10") on `relevant` for `members` (default all), each
+    scored by its own slice of the embeddings alone (`exclude`: items never recommended;
+    `candidates`: recommendable)."""
     name, k = metric.split("@")[0], int(metric.split("@")[1])
     relevant = sp.csr_matrix(relevant)
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     user_vec, item_vec = model.user_embeddings(users), model.item_embeddings()
     width = user_vec.shape[1] // model.members
-    values = []
-    for member in range(model.members):
+    values = {}
+    for member in range(model.members) if members is None else members:
         part = slice(member * width, (member + 1) * width)
         top, _ = top_k_scores(user_vec[:, part], item_vec[:, part], k,
                               exclude=sp.csr_matrix(exclude)[users], candidates=candidates)
-        values.append(float(ranking_metrics(top, relevant[users], (k,), (name,))[metric]))
+        values[int(member)] = float(
+            ranking_metrics(top, relevant[users], (k,), (name,))[metric])
     return values
 
 
@@ -147,16 +150,23 @@ class MemberStopping:
     """Early stopping per ensemble member, and each member's weights from its own epoch.
 
     With validation (`member_epochs` None): member m's best epoch is the one its own slice
-    of the embeddings scores best on, it stops counting after `patience` epochs without
-    improving, and training stops once every member has. Without validation (a refit),
-    member m's weights are taken at epoch `member_epochs[m]`. Snapshots go to
+    of the embeddings scores best on, and it stops training (`active`) after `patience`
+    epochs without improving; training stops once every member has. Without validation (a
+    refit), member m trains for `member_epochs[m]` epochs and its weights are taken then.
+    A stopped member is left out of the training step, so it costs nothing while the others
+    go on (members share no weights: the others train exactly as if it were still
+    there); its weights go on drifting with Adam's momentum, which does not matter because
+    `assemble` puts its snapshot back. Snapshots go to
     `directory/member-<m>.npz` (they survive a resume); `assemble` writes each member's
     snapshot into the model. `state` (best epochs, metrics, waits) belongs in the checkpoint.
     """
 
-    def __init__(self, model, directory: Path, member_epochs: list[int] | None = None):
+    def __init__(self, model, directory: Path, member_epochs: list[int] | None = None,
+                 patience: int = 5):
         members = model.members
         self.model, self.directory, self.member_epochs = model, Path(directory), member_epochs
+        # patience 0 stops after the first epoch without improvement, as Keras does.
+        self.patience = max(int(patience), 1)
         self.state = {
             "member_best_epoch": tf.Variable(tf.zeros([members], tf.int64), trainable=False),
             "member_best_metric": tf.Variable(tf.fill([members], tf.constant(-np.inf,
@@ -165,9 +175,17 @@ class MemberStopping:
             "member_wait": tf.Variable(tf.zeros([members], tf.int64), trainable=False),
         }
 
-    def update(self, epoch: int, values: list[float] | None = None) -> bool:
-        """After `epoch`: snapshot the members that improved (validation `values`) or whose
-        epoch it is (refit); returns whether any member was snapshotted."""
+    def active(self, epoch: int) -> np.ndarray:
+        """Bool `[members]`: which members train in `epoch` (not yet stopped, or with refit
+        epochs left)."""
+        if self.member_epochs is not None:
+            return np.asarray(self.member_epochs) >= epoch
+        return self.state["member_wait"].numpy() < self.patience
+
+    def update(self, epoch: int, values: dict[int, float] | None = None) -> bool:
+        """After `epoch`: snapshot the members that improved (validation `values` of the
+        members trained in it) or whose epoch it is (refit); returns whether any member
+        was snapshotted."""
         best = self.state["member_best_metric"].numpy()
         wait = self.state["member_wait"].numpy()
         best_epoch = self.state["member_best_epoch"].numpy()
@@ -177,6 +195,8 @@ class MemberStopping:
                 if self.member_epochs[member] == epoch:
                     chosen.append(member)
                     best_epoch[member] = epoch
+            elif member not in values:
+                continue  # stopped earlier
             elif values[member] > best[member]:
                 best[member], best_epoch[member], wait[member] = values[member], epoch, 0
                 chosen.append(member)
@@ -191,9 +211,9 @@ class MemberStopping:
             self.state[key].assign(value)
         return bool(chosen)
 
-    def exhausted(self, patience: int) -> bool:
+    def exhausted(self) -> bool:
         """Has every member gone `patience` epochs without improving?"""
-        return bool((self.state["member_wait"].numpy() >= max(patience, 1)).all())
+        return not self.active(0).any() if self.member_epochs is None else False
 
     def assemble(self) -> None:
         """Write each member's snapshot (if it has one) into its place in the model."""

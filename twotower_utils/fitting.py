@@ -89,8 +89,8 @@ def ensemble_summary(system, result, model) -> dict:
     """Each member's validation metric in the early-stopped ensemble `model` (its slice of
     the embeddings alone) beside the ensemble's own (`result.best_metric`)."""
     data, metric = system.data, result.metric
-    values = member_metrics(model, data.history, data.interactions("validation"),
-                            validation_candidates(system), metric)
+    values = list(member_metrics(model, data.history, data.interactions("validation"),
+                                 validation_candidates(system), metric).values())
     system.log(f"ensemble of {model.members}: validation {metric} {result.best_metric:.4f} "
                "(members alone " + ", ".join(f"{v:.4f}" for v in values) + ")")
     return {f"member_val_{metric}": values, f"ensemble_val_{metric}": result.best_metric}

@@ -24,19 +24,26 @@ __all__ = ["compute_loss", "explicit_count", "explicit_negatives", "in_batch_sof
 MIN_FLOAT = float(tf.float32.min) / 100.0  # TFRS's masked-logit value
 
 
-def compute_loss(model, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+def compute_loss(model, inputs: dict[str, tf.Tensor], training: bool = False,
+                 active: tf.Tensor | None = None) -> tf.Tensor:
     """Scalar loss of a batch `{"user_idx": int, "item_idx": int}`, `[B]` or `[members, B]`.
 
     The sum over members of `member_loss` (member m on row m of a `[members, B]` batch, on
-    the whole batch of a `[B]` one).
+    the whole batch of a `[B]` one). `active` (bool `[members]`, default all) leaves the
+    members marked false out: their loss is not computed at all (0), so a member that has
+    stopped training costs nothing in the step.
     """
     users = tf.cast(inputs["user_idx"], tf.int32)
     items = tf.cast(inputs["item_idx"], tf.int32)
     per_member = users.shape.rank == 2
-    return tf.add_n([
-        member_loss(model, member, users[member] if per_member else users,
-                    items[member] if per_member else items, training)
-        for member in range(model.members)])
+    parts = []
+    for member in range(model.members):
+        def loss(member=member):
+            return member_loss(model, member, users[member] if per_member else users,
+                               items[member] if per_member else items, training)
+        parts.append(loss() if active is None
+                     else tf.cond(active[member], loss, lambda: tf.constant(0.0)))
+    return tf.add_n(parts)
 
 
 def member_loss(model, member: int, users: tf.Tensor, items: tf.Tensor,

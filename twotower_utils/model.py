@@ -424,15 +424,17 @@ class TwoTowerModel(tfrs.models.Model):
         loss plus L2 (see `twotower_utils.losses.compute_loss`)."""
         return losses.compute_loss(self, inputs, training)
 
-    def train_step(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """One optimisation step on `inputs` (as `compute_loss`); returns `{"loss": ...}`.
+    def train_step(self, inputs: dict[str, tf.Tensor],
+                   active: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """One optimisation step on `inputs` (as `compute_loss`, `active` members only);
+        returns `{"loss": ...}`.
 
         Gradients of embedding tables arrive as IndexedSlices; they are made dense first
         because the fused dense Adam update is much cheaper per step than the sparse path
         for tables of this size (both touch every row of Adam's moments).
         """
         with tf.GradientTape() as tape:
-            loss = self.compute_loss(inputs, training=True)
+            loss = losses.compute_loss(self, inputs, training=True, active=active)
         variables = self.trainable_variables
         gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
                      for g in tape.gradient(loss, variables)]

@@ -8,7 +8,8 @@ validation split over the full catalogue with the numpy top-k of `twotower_utils
 model (towers, BatchNorm statistics, the negative sampler's and the dropout layers' generator
 states), the optimizer, the epoch counter and the early-stopping state, and the best epoch's
 weights are kept beside it (an ensemble's members are early-stopped one by one, each keeping
-its own best epoch: `ensemble.MemberStopping`). A run killed mid-way and restarted with
+its own best epoch, and a member that has stopped leaves the step, so the others go on
+without paying for it: `ensemble.MemberStopping`). A run killed mid-way and restarted with
 `resume=True` therefore continues exactly where it stopped and ends with the same weights as
 an uninterrupted run; a checkpoint made with other settings is refused
 (`twotower_utils.resume`). The best weights are restored at the end. The negatives come
@@ -162,7 +163,8 @@ class Trainer:
         if self.members > 1 and (self.validation is not None or member_epochs is not None):
             self.member_stopping = MemberStopping(
                 model, self.checkpoint_dir / "members",
-                None if self.validation is not None else list(member_epochs))
+                None if self.validation is not None else list(member_epochs),
+                patience=config.training.early_stopping_patience)
             self.state.update(self.member_stopping.state)
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer,
                                               **self.state)
@@ -170,10 +172,11 @@ class Trainer:
                                                   max_to_keep=1)
         self.best_prefix = str(self.checkpoint_dir / "best" / "weights")
         spec = tf.TensorSpec([self.members, None], tf.int32)
-        self._step = tf.function(self._train_step, input_signature=[spec, spec])
+        self._step = tf.function(self._train_step, input_signature=[
+            spec, spec, tf.TensorSpec([self.members], tf.bool)])
 
-    def _train_step(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
-        return self.model.train_step({"user_idx": users, "item_idx": items})["loss"]
+    def _train_step(self, users: tf.Tensor, items: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
+        return self.model.train_step({"user_idx": users, "item_idx": items}, active)["loss"]
 
     @property
     def history_path(self) -> Path:
@@ -284,7 +287,7 @@ class Trainer:
     def _patience_exhausted(self) -> bool:
         # patience 0 stops after the first epoch without improvement, as Keras does.
         if self.member_stopping is not None and self.validation is not None:
-            return self.member_stopping.exhausted(self.config.training.early_stopping_patience)
+            return self.member_stopping.exhausted()
         wait = int(self.state["wait"].numpy())
         return wait >= max(self.config.training.early_stopping_patience, 1)
 
@@ -294,25 +297,31 @@ class Trainer:
         started = time.perf_counter()
         orders = np.stack(self.epoch_orders(epoch))
         users, items = self.users[orders], self.items[orders]
+        # A member that has stopped (early stopping) or reached its refit epochs is left
+        # out of the step: its kept weights are its snapshot (`MemberStopping`).
+        active = (self.member_stopping.active(epoch) if self.member_stopping is not None
+                  else np.ones(self.members, bool))
         losses, sizes = [], []
         for start in range(0, orders.shape[1], train.batch_size):
             stop = start + train.batch_size
-            losses.append(self._step(users[:, start:stop], items[:, start:stop]))
+            losses.append(self._step(users[:, start:stop], items[:, start:stop], active))
             sizes.append(users[0, start:stop].size)
-        # Per pair, summed over members.
-        loss = float(np.dot([float(v) for v in losses], sizes) / orders.shape[1])
+        # Per pair and per member trained in this epoch (members that stop do not make the
+        # curve step down).
+        loss = float(np.dot([float(v) for v in losses], sizes)
+                     / (orders.shape[1] * max(int(active.sum()), 1)))
         train_seconds = time.perf_counter() - started
         metrics = {} if self.validation is None else evaluate_ranking(
             self.model, self.exclude, self.validation, self.candidates, self.k_values,
             ("precision", "recall", "ndcg", "map"))
         if self.member_stopping is not None and self.validation is not None:
-            metrics.update({f"member{m}_{self.metric}": value for m, value in enumerate(
-                member_metrics(self.model, self.exclude, self.validation, self.candidates,
-                               self.metric))})
+            values = member_metrics(self.model, self.exclude, self.validation,
+                                    self.candidates, self.metric, np.flatnonzero(active))
+            metrics.update({f"member{m}_{self.metric}": value for m, value in values.items()})
         seconds = time.perf_counter() - started
         lr = self.optimizer.learning_rate
         lr = float(lr(self.optimizer.iterations) if callable(lr) else lr)
-        return {"epoch": epoch, "loss": loss,
+        return {"epoch": epoch, "loss": loss, "members_trained": int(active.sum()),
                 **{(k if k.startswith("member") else f"val_{k}"): v for k, v in metrics.items()},
                 "learning_rate": lr, "train_seconds": train_seconds, "seconds": seconds}
 
@@ -324,8 +333,9 @@ class Trainer:
         improved = self.validation is None or value > state["best_metric"].numpy()
         members = self.member_stopping
         if members is not None:
-            values = None if self.validation is None else [
-                record[f"member{m}_{self.metric}"] for m in range(self.members)]
+            values = None if self.validation is None else {
+                m: record[f"member{m}_{self.metric}"] for m in range(self.members)
+                if f"member{m}_{self.metric}" in record}
             improved = members.update(epoch, values) or self.validation is None
         if improved:
             state["best_metric"].assign(value)
