@@ -66,11 +66,14 @@ class TrainingConfig:
     # Batches of whole users (users shuffled, each one's pairs together) rather than of
     # pairs drawn at random: each user's history is then pooled about once per epoch.
     batch_by_user: bool = False
-    epochs: int = number(30, lo=1)
-    learning_rate: float = number(0.005, lo=0.0, lo_open=True)
-    learning_rate_decay_factor: float = number(0.9, lo=0.0, hi=1.0, lo_open=True)
+    epochs: int = number(20, lo=1)
+    learning_rate: float = number(0.02, lo=0.0, lo_open=True)
+    learning_rate_decay_factor: float = number(0.5, lo=0.0, hi=1.0, lo_open=True)
     learning_rate_decay_steps: int = number(1000, lo=1)
-    early_stopping_patience: int = number(5, lo=0)
+    # When set, the decay period in epochs instead (that many epochs' steps), so the
+    # schedule reads the same whatever the dataset's size and the batch size.
+    learning_rate_decay_epochs: float | None = number(3.0, lo=0.0, lo_open=True)
+    early_stopping_patience: int = number(3, lo=0)
     early_stopping_metric: str = choice("ndcg@10", "recall@10", "ndcg@20", "recall@20",
                                          default="ndcg@10")
     loss: str = choice("bce", "sampled_softmax", "softmax", default="bce")

@@ -68,11 +68,17 @@ class TrainingResult:
         return asdict(self)
 
 
-def make_optimizer(config: Config) -> tf.keras.optimizers.Optimizer:
-    """Adam with the configured exponential learning-rate decay (per step, not staircase)."""
+def make_optimizer(config: Config, steps_per_epoch: int | None = None
+                   ) -> tf.keras.optimizers.Optimizer:
+    """Adam with the configured exponential learning-rate decay (smooth, not staircase):
+    by `training.learning_rate_decay_factor` every `learning_rate_decay_epochs` epochs of
+    `steps_per_epoch` steps when both are set, else every `learning_rate_decay_steps`."""
     train = config.training
+    decay_steps = train.learning_rate_decay_steps
+    if train.learning_rate_decay_epochs is not None and steps_per_epoch:
+        decay_steps = train.learning_rate_decay_epochs * steps_per_epoch
     schedule = tf.keras.optimizers.schedules.ExponentialDecay(
-        train.learning_rate, train.learning_rate_decay_steps, train.learning_rate_decay_factor)
+        train.learning_rate, decay_steps, train.learning_rate_decay_factor)
     # The legacy (fused-kernel) Adam costs a fraction of the new one per step on CPU.
     return tf.keras.optimizers.legacy.Adam(learning_rate=schedule)
 
@@ -143,7 +149,7 @@ class Trainer:
         self.k_values = sorted({10, int(self.metric.split("@")[1])})
         self.checkpoint_dir = Path(checkpoint_dir)
         self.log_dir = Path(log_dir) if log_dir is not None else None
-        self.optimizer = make_optimizer(config)
+        self.optimizer = make_optimizer(config, -(-len(self.users) // config.training.batch_size))
         model.compile(optimizer=self.optimizer)
         self.state = {
             "epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
