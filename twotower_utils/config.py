@@ -58,6 +58,30 @@ class ModelConfig:
         default_factory=lambda: [{}, {}] + [dict(SOFTMAX_MEMBER) for _ in range(2)])
 
 
+# The tuning step's default trials: the levers that moved validation results on the
+# datasets of benchmarks/README.md (L2, the loss mix, the embedding size, the learning rate).
+DEFAULT_TRIALS = (
+    {"model.l2_regularization": 0.02},
+    {"model.l2_regularization": 0.1},
+    {"model.ensemble_member_overrides": [{}, {}, {}, {}]},
+    {"model.ensemble_member_overrides": [dict(SOFTMAX_MEMBER) for _ in range(4)]},
+    {"model.embedding_dim": 32},
+    {"model.embedding_dim": 128},
+    {"training.learning_rate": 0.01},
+)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The tuning step of `train_model` (see `twotower_utils.tuning`): trials of overrides
+    early-stopped on validation within a time budget; the best one is trained on."""
+
+    enabled: bool = False
+    budget_seconds: float = number(600.0, lo=0.0, lo_open=True)
+    trials: list[dict[str, Any]] = field(
+        default_factory=lambda: copy.deepcopy(list(DEFAULT_TRIALS)))
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation, schedule, early stopping and the loss."""
@@ -90,6 +114,7 @@ class TrainingConfig:
     seed: int = number(42, lo=0)
     # tf.distribute strategy of `python -m twotower_utils.distributed` (see docs/serving.md).
     distribution_strategy: str = choice(*DISTRIBUTION_STRATEGIES, default="default")
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 @dataclass(frozen=True)
@@ -347,10 +372,16 @@ def config_from_dict(raw: dict[str, Any], root: Path | str = ".") -> Config:
 
         problems.extend(cross_checks(config))
         problems.extend(member_problems(config, known=problems))
+        if not problems:
+            from twotower_utils.config_checks import trial_problems
+
+            problems.extend(trial_problems(config))
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems), problems)
     return dataclasses.replace(config, root=Path(root).resolve())
 
 
 # The settings of one ensemble member trained alone (`ensemble.member_config`).
-SINGLE_MEMBER = {"model.ensemble_size": 1, "model.ensemble_member_overrides": []}
+# A member of an ensemble as a model of its own (no members and no tuning of its own).
+SINGLE_MEMBER = {"model.ensemble_size": 1, "model.ensemble_member_overrides": [],
+                 "training.tune.trials": []}

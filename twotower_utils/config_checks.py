@@ -3,7 +3,8 @@
 `cross_checks` relates keys to each other (tower shapes, feature types, the csv files a
 dataset needs, the label mode, the losses and their negatives); `member_problems` validates
 each ensemble member's overrides, reporting only what the shared configuration does not
-already get wrong. `config.config_from_dict` runs both after building the sections.
+already get wrong; `trial_problems` validates the tuning step's trials (`training.tune`).
+`config.config_from_dict` runs them after building the sections.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from twotower_utils.config import (
 )
 from twotower_utils.typed_config import ConfigError
 
-__all__ = ["MEMBER_OVERRIDABLE", "cross_checks", "label_problems", "member_problems"]
+__all__ = ["MEMBER_OVERRIDABLE", "TRIAL_OVERRIDABLE", "cross_checks", "flat_trial",
+           "label_problems", "member_problems", "trial_config", "trial_problems"]
 
 
 # What an ensemble member may change: its loss, negatives and regularisation. The members
@@ -157,3 +159,49 @@ def label_problems(data: DataConfig) -> list[str]:
                 f"data.columns.interactions.{role} is null; name the column or set "
                 "data.label to 'all_positive'"]
     return []
+
+
+# Prefixes of the keys a trial may override.
+TRIAL_OVERRIDABLE = ("model.", "training.")
+# Keys under TRIAL_OVERRIDABLE that must stay as configured.
+TRIAL_FIXED = ("training.tune", "training.seed", "training.refit_with_validation",
+               "training.distribution_strategy", "training.early_stopping_metric",
+               "model.use_user_features", "model.use_item_features")
+
+
+def flat_trial(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A trial's overrides with dotted keys (`{"model": {"a": 1}}` -> `{"model.a": 1}`)."""
+    out = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and prefix + key in ("model", "training"):
+            out.update(flat_trial(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def trial_problems(config: Config) -> list[str]:
+    """Problems of `training.tune.trials`: keys a trial may not change, and values the
+    configuration would refuse (each named `training.tune.trials[i]`)."""
+    problems = []
+    for index, trial in enumerate(config.training.tune.trials):
+        where = f"training.tune.trials[{index}]"
+        flat = flat_trial(trial)
+        bad = sorted(key for key in flat if not key.startswith(TRIAL_OVERRIDABLE)
+                     or key.startswith(TRIAL_FIXED))
+        if bad:
+            problems.append(f"{where}: {', '.join(bad)} cannot be tuned (a trial may change "
+                            f"keys under {', '.join(TRIAL_OVERRIDABLE)}, except "
+                            f"{', '.join(TRIAL_FIXED)})")
+            continue
+        try:
+            trial_config(config, trial)
+        except ConfigError as error:
+            problems.append(f"{where}: {'; '.join(error.problems)}")
+    return problems
+
+
+def trial_config(config: Config, trial: dict[str, Any]) -> Config:
+    """`config` with one trial's overrides applied (and no tuning of its own)."""
+    return config.with_overrides({**flat_trial(trial), "training.tune.enabled": False,
+                                  "training.tune.trials": []})

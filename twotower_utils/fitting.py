@@ -28,25 +28,33 @@ from twotower_utils.ensemble import MEMBER_SEED_STRIDE, member_config, member_me
 from twotower_utils.model import TwoTowerModel, build_model  # noqa: E402
 from twotower_utils.training import Trainer  # noqa: E402
 
-__all__ = ["MEMBER_SEED_STRIDE", "ensemble_summary", "join_members", "member_config", "refit",
-           "train_and_refit", "validation_candidates"]
+__all__ = ["MEMBER_SEED_STRIDE", "early_stop", "ensemble_summary", "join_members",
+           "member_config", "refit", "train_and_refit", "validation_candidates"]
 
 
-def train_and_refit(system, model, config: Config, name: str, resume: bool, callbacks=()):
-    """Early-stop `model` on validation, then refit if configured.
+def early_stop(system, model, config: Config, name: str, resume: bool, callbacks=()):
+    """Train `model` on the training split with early stopping on validation; returns
+    the `TrainingResult` (the model keeps its best weights, each member its own)."""
+    data = system.data
+    trainer = Trainer(
+        model, config, data.train["user_idx"].to_numpy(),
+        data.train["item_idx"].to_numpy(), data.interactions("validation"), data.history,
+        checkpoint_dir=config.path("models_dir") / ".checkpoints" / name,
+        candidates=validation_candidates(system), log_dir=config.path("logs_dir") / name,
+        log=system.log)
+    return trainer.fit(resume=resume, callbacks=callbacks)
+
+
+def train_and_refit(system, model, config: Config, name: str, resume: bool, callbacks=(),
+                    result=None):
+    """Early-stop `model` on validation (unless `result` says it already was), then refit
+    if configured.
 
     Returns `(result, early-stopped model, final model)`; the final model is a fresh
     one trained on train + validation when `training.refit_with_validation` is set.
     """
-    data = system.data
-    validation = data.interactions("validation")
-    trainer = Trainer(
-        model, config, data.train["user_idx"].to_numpy(),
-        data.train["item_idx"].to_numpy(), validation, data.history,
-        checkpoint_dir=config.path("models_dir") / ".checkpoints" / name,
-        candidates=validation_candidates(system), log_dir=config.path("logs_dir") / name,
-        log=system.log)
-    result = trainer.fit(resume=resume, callbacks=callbacks)
+    if result is None:
+        result = early_stop(system, model, config, name, resume, callbacks)
     if not (config.training.refit_with_validation and result.best_epoch):
         return result, model, model
     refitted, seconds = refit(system, config, result.best_epoch, name, resume,

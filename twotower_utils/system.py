@@ -100,6 +100,7 @@ class TwoTowerRecallSystem:
         self.data = None
         self.model = None
         self.training_result = None
+        self.tuning = None  # the tuning step's trials (`training.tune`), when it ran
         self.refitted = False
         self.metrics: dict[str, float] = {}
         self.run_dir: Path | None = None
@@ -162,8 +163,17 @@ class TwoTowerRecallSystem:
 
         if self.model is None:
             self.build_model()
+        early = None
+        if self.config.training.tune.enabled:
+            from twotower_utils.tuning import tune
+
+            # The winner's configuration becomes the run's; its early-stopped model and
+            # result go on to the refit.
+            self.tuning, self.config, early, self.model = tune(self, self.run_id, callbacks)
         self.training_result, early_stopped, self.model = train_and_refit(
-            self, self.model, self.config, self.run_id, resume, callbacks)
+            self, self.model, self.config, self.run_id, resume, callbacks, result=early)
+        if self.tuning is not None:
+            self.training_result.extra["tuning"] = self.tuning.to_dict()
         if self.config.model.ensemble_size > 1:
             self.training_result.extra.update(
                 ensemble_summary(self, self.training_result, early_stopped))
