@@ -29,6 +29,7 @@ from twotower_utils.config_checks import flat_trial, trial_config
 
 __all__ = ["TuningResult", "describe", "plot_trials", "trials_table", "tune"]
 
+
 def describe(trial: dict[str, Any], width: int = 200) -> str:
     """One line naming a trial's overrides ("as configured" for none), cut to `width`."""
     text = ", ".join(f"{key} = {json.dumps(value)}" for key, value in flat_trial(trial).items())
@@ -133,8 +134,10 @@ def plot_trials(tuning: TuningResult | None, ax=None):
                for trial in table["trial"]]
     sns.barplot(data=table, y="label", x=column, hue="label", palette=colours, legend=False,
                 ax=ax)
-    low = table[column].min()
-    ax.set_xlim(low - 0.1 * (table[column].max() - low + 1e-3), None)
+    # Trials differ in the third decimal: zoom in on their range (the axis does not start at 0).
+    low, high = table[column].min(), table[column].max()
+    margin = 0.15 * (high - low) + 1e-3
+    ax.set_xlim(low - margin, high + margin)
     ax.set(xlabel=f"validation {tuning.metric}", ylabel="",
            title="Tuning trials (validation only; orange: the winner)")
     return ax
