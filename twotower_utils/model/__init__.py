@@ -1,4 +1,4 @@
-"""The two-tower model and its training: the only package that imports TensorFlow.
+"""The two-tower model and its training: where TensorFlow is imported (and serving.export).
 
 It owns the towers (`towers`) and the TFRS retrieval model (`two_tower`), the in-graph
 negative sampler (`sampler`), the losses (`losses`, laid out batch by batch in `loss_view`),
@@ -8,7 +8,7 @@ the training loop with checkpoints and early stopping (`training`, resumable thr
 `tf.distribute` training (`distributed`). Checkpoints go to `models/.checkpoints/<run_id>/`
 and TensorBoard logs to `logs/<run_id>/`. It may import the top-level modules, `data`
 (processed data) and `evaluation` (validation metrics); never `serving`, `reports` or
-`pipeline`.
+`pipeline` (`distributed` saves its run through `system.TwoTowerRecallSystem`).
 
 TensorFlow Recommenders needs Keras 2: `TF_USE_LEGACY_KERAS=1` is set here, once, before any
 module of the package can import TensorFlow.
