@@ -38,7 +38,7 @@ sweep: $(STAMP) ## one run per parameter set of a grid file, then a comparison r
 	$(PY) -m twotower_utils.pipeline --sweep $(ARGS)
 
 data: $(STAMP) ## the data stage alone: fetch, validate, split, save (ARGS=... passes options)
-	$(PY) -m twotower_utils.preprocessing $(ARGS)
+	$(PY) -m twotower_utils.data.preprocessing $(ARGS)
 
 inspect: $(STAMP) ## describe your CSV files and suggest a config (ARGS="[--users F] [--items F] --interactions F [--write-config my.json]")
 	$(PY) -m twotower_utils.data inspect $(ARGS)

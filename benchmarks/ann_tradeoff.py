@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale import mixture  # noqa: E402
 
-from twotower_utils.indexes import scann_grid  # noqa: E402
+from twotower_utils.serving.indexes import scann_grid  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     candidates = None
     if args.run:
-        from twotower_utils.serving import ServingRun
+        from twotower_utils.serving.run import ServingRun
 
         run = ServingRun.from_dir(args.run)
         items, candidates = np.asarray(run.item_vectors), run.candidates

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from twotower_utils.config import load_config
-from twotower_utils.evaluation import (
+from twotower_utils.data.preprocessing import DataPreprocessor, load_processed
+from twotower_utils.evaluation.metrics import (
     EASE,
     ItemKNN,
     MostPopular,
@@ -34,7 +35,6 @@ from twotower_utils.evaluation import (
     tune_ease,
     tune_item_knn,
 )
-from twotower_utils.preprocessing import DataPreprocessor, load_processed
 
 K = 10
 PUBLISHED_NDCG = {"most_popular": 0.252, "ease": 0.481}

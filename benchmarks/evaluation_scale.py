@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from twotower_utils import analysis
 from twotower_utils.config import load_config
-from twotower_utils.preprocessing import DataPreprocessor, load_processed
+from twotower_utils.data.preprocessing import DataPreprocessor, load_processed
+from twotower_utils.reports import analysis
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LIMIT_SECONDS = 30.0

@@ -50,9 +50,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 import score_recommendations  # noqa: E402
 
-from twotower_utils.analysis import baseline_top_lists, metric_table  # noqa: E402
-from twotower_utils.evaluation import PopularityByFeature, top_k_from_scores  # noqa: E402
-from twotower_utils.ranking import ranking_metrics  # noqa: E402
+from twotower_utils.evaluation.metrics import PopularityByFeature, top_k_from_scores  # noqa: E402
+from twotower_utils.evaluation.ranking import ranking_metrics  # noqa: E402
+from twotower_utils.reports.analysis import baseline_top_lists, metric_table  # noqa: E402
 
 K = 10
 METRICS = ("ndcg", "precision", "recall", "map", "map_at_k", "hit_rate")
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides[key] = value
         # The data stage once, here, so the jobs only read it; then the baselines.
         from twotower_utils.config import load_config
-        from twotower_utils.preprocessing import DataPreprocessor, load_processed
+        from twotower_utils.data.preprocessing import DataPreprocessor, load_processed
 
         data = load_processed(DataPreprocessor(
             load_config(args.config, overrides), log=lambda _: None).run())

@@ -63,7 +63,7 @@ def run_one(size: int, workdir: Path, save_embeddings: bool, items: int | None =
     the catalogue size, default one item per 500 interactions, at least 1,000)."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from twotower_utils.config import load_config
-    from twotower_utils.preprocessing import DataPreprocessor, load_processed
+    from twotower_utils.data.preprocessing import DataPreprocessor, load_processed
 
     users, items = max(size // 100, 10), items or max(size // 500, 1000)
     overrides = {
@@ -82,8 +82,8 @@ def run_one(size: int, workdir: Path, save_embeddings: bool, items: int | None =
     data = load_processed(config.processed_dir())
     after_data = _peak_gib()
 
-    from twotower_utils.model import build_model
-    from twotower_utils.training import Trainer
+    from twotower_utils.model.training import Trainer
+    from twotower_utils.model.two_tower import build_model
 
     model = build_model(data, config)
     trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
@@ -199,7 +199,7 @@ def trained(path: Path, num_items: int, queries: int, seed: int = 0):
 
 def serving(name: str, items: np.ndarray, users: np.ndarray, k: int = 10) -> dict:
     """Brute force vs ScaNN on one item set; prints the comparison and the checks."""
-    from twotower_utils.indexes import BruteForceIndex, ScannIndex, measure_index
+    from twotower_utils.serving.indexes import BruteForceIndex, ScannIndex, measure_index
 
     brute = BruteForceIndex(items)
     exact = brute.search(users, k)[0]
@@ -232,7 +232,7 @@ def tf_latencies(items: np.ndarray, users: np.ndarray, params, k: int):
     import tensorflow as tf
     from scann.scann_ops.py import scann_ops
 
-    from twotower_utils.indexes import apply_scann_params
+    from twotower_utils.serving.indexes import apply_scann_params
 
     vectors = tf.Variable(items, trainable=False)
     state = apply_scann_params(scann_ops.builder(items, k, "dot_product"),

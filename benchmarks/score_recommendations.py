@@ -8,7 +8,7 @@ benchmark's MAP), map@k and hit_rate@k.
 
 This is a second, deliberately plain implementation of the protocol (the definitions of the
 Microsoft Recommenders benchmark): the standard library only, one user at a time, no shared
-code with `twotower_utils.evaluation`. The quality benchmark cross-checks its table with it,
+code with `twotower_utils.evaluation.metrics`. The quality benchmark cross-checks its table with it,
 and a test compares the two on random cases.
 """
 

@@ -18,7 +18,7 @@ import sys
 import time
 import tracemalloc
 
-from twotower_utils.datasets import generate_synthetic, write_dataset
+from twotower_utils.data.datasets import generate_synthetic, write_dataset
 
 
 def _rss_mib() -> float:

@@ -31,11 +31,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from twotower_utils.evaluation import evaluate_recommendations  # noqa: E402
-from twotower_utils.model import MODEL_DEFAULTS, feature_dim  # noqa: E402
-from twotower_utils.sampler import PairSampler  # noqa: E402
+from twotower_utils.evaluation.metrics import evaluate_recommendations  # noqa: E402
+from twotower_utils.model.sampler import PairSampler  # noqa: E402
+from twotower_utils.model.training import Trainer  # noqa: E402
+from twotower_utils.model.two_tower import MODEL_DEFAULTS, feature_dim  # noqa: E402
 from twotower_utils.system import TwoTowerRecallSystem  # noqa: E402
-from twotower_utils.training import Trainer  # noqa: E402
 
 
 class BareLoop(tf.Module):
@@ -237,8 +237,8 @@ def main(argv=None) -> int:
 
 def step_timing(system) -> dict:
     """Project step vs bare loop vs MF floor, interleaved; medians in ms and the ratios."""
-    from twotower_utils.fitting import member_config
-    from twotower_utils.model import build_model
+    from twotower_utils.model.fitting import member_config
+    from twotower_utils.model.two_tower import build_model
 
     # One member's step: an ensemble's step runs one such per member, each on its own batch.
     config, data = member_config(system.config, 0), system.data

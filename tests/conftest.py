@@ -25,12 +25,12 @@ def ml100k_dir() -> Path:
     return Path(value)
 
 
-# --- datasets (twotower_utils.datasets) ------------------------------------------------------
+# --- datasets (twotower_utils.data.datasets) ------------------------------------------------------
 
 
 @pytest.fixture()
 def small_synthetic():
     """A small synthetic `RawDataset` with planted clusters: 300 users, 200 items, 6000 rows."""
-    from twotower_utils.datasets import generate_synthetic
+    from twotower_utils.data.datasets import generate_synthetic
 
     return generate_synthetic(300, 200, 6000, num_clusters=8, seed=0)

@@ -31,7 +31,8 @@ def test_environment_yml_lists_the_same_pinned_dependencies_as_pyproject(project
 
 def test_importing_the_package_and_preprocessing_does_not_import_tensorflow(project_root):
     code = (
-        "import sys, twotower_utils, twotower_utils.preprocessing, twotower_utils.datasets;"
+        "import sys, twotower_utils, twotower_utils.data.preprocessing,"
+        " twotower_utils.data.datasets;"
         "print('tensorflow' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

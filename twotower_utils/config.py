@@ -73,7 +73,7 @@ DEFAULT_TRIALS = (
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """The tuning step of `train_model` (see `twotower_utils.tuning`): trials of overrides
+    """The tuning step of `train_model` (see `twotower_utils.model.tuning`): trials of overrides
     early-stopped on validation within a time budget; the best one is trained on."""
 
     enabled: bool = False
@@ -112,7 +112,7 @@ class TrainingConfig:
     # After early stopping, train afresh on train + validation for the best epoch count.
     refit_with_validation: bool = True
     seed: int = number(42, lo=0)
-    # tf.distribute strategy of `python -m twotower_utils.distributed` (see docs/serving.md).
+    # tf.distribute strategy of `python -m twotower_utils.model.distributed` (see docs/serving.md).
     distribution_strategy: str = choice(*DISTRIBUTION_STRATEGIES, default="default")
     tune: TuneConfig = field(default_factory=TuneConfig)
 
@@ -294,10 +294,10 @@ class Config:
 
     def processed_dir(self, digest: str | None = None) -> Path:
         """`data/processed/<dataset>-<fingerprint>/`: the processed data these settings make
-        (see `twotower_utils.fingerprint`; runs with equal data settings share it). Pass the
+        (see `twotower_utils.data.fingerprint`; runs with equal data settings share it). Pass the
         `digest` of a fingerprint already computed to skip computing it again."""
         if digest is None:
-            from twotower_utils.fingerprint import data_fingerprint
+            from twotower_utils.data.fingerprint import data_fingerprint
 
             digest = data_fingerprint(self).digest
         return self.path("processed_dir") / f"{self.data.dataset}-{digest}"

@@ -10,11 +10,13 @@ CLIs call `configure_logging()` once to show those messages as plain lines:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from typing import IO
 
-__all__ = ["DATA_LOGGER", "configure_logging", "is_configured", "report"]
+__all__ = ["DATA_LOGGER", "configure_logging", "forwarded", "is_configured", "report"]
 
 PACKAGE_LOGGER = "twotower_utils"
 DATA_LOGGER = "twotower_utils.data"  # everything the data stage drops, changes or decides
@@ -68,3 +70,38 @@ def report(notes: list[str] | None, message: str, level: int = logging.WARNING) 
     if notes is not None:
         notes.append(message)
     return message
+
+
+@contextlib.contextmanager
+def forwarded(log: Callable[[str], object] | None):
+    """Also hand the package's log messages to `log` while the block runs.
+
+    `DataPreprocessor(log=...)` predates logging: a caller that passes a callable still gets
+    every line. When `configure_logging` already shows the messages, nothing is forwarded,
+    so no line appears twice.
+    """
+    if log is None or is_configured():
+        yield
+        return
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    handler = _CallableHandler(log)
+    previous = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+class _CallableHandler(logging.Handler):
+    """A logging handler that passes each formatted message to a plain callable."""
+
+    def __init__(self, log: Callable[[str], object]):
+        super().__init__(logging.INFO)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log(record.getMessage())

@@ -22,17 +22,18 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from twotower_utils.artifacts import (
+from twotower_utils.config import Config, config_from_dict, load_config
+from twotower_utils.data.fingerprint import FINGERPRINT_FILE, data_fingerprint
+from twotower_utils.data.processed import is_processed_for
+from twotower_utils.io import atomic_directory, read_json, write_json
+from twotower_utils.pipeline.runs import check_run_id
+from twotower_utils.serving.artifacts import (
     check_run_dir,
     check_save_target,
     load_history,
     save_history,
     write_manifest,
 )
-from twotower_utils.config import Config, config_from_dict, load_config
-from twotower_utils.fingerprint import FINGERPRINT_FILE, data_fingerprint
-from twotower_utils.io import atomic_directory, read_json, write_json
-from twotower_utils.runs import check_run_id
 
 __all__ = ["TwoTowerRecallSystem"]
 
@@ -64,17 +65,6 @@ def _check_feature_names(side: str, given: dict[str, Any], specs: list[dict]) ->
             f"{side}_features: unknown feature(s) {unknown}; this run's {side} tower uses "
             + (", ".join(repr(name) for name in known) if known else "no features")
             + f" (as declared in data.{side}_features)")
-
-
-def _is_processed_for(directory: Path, digest: str) -> bool:
-    """True when `directory` holds a finished data stage whose fingerprint is `digest`."""
-    path = directory / FINGERPRINT_FILE
-    if not ((directory / "stats.json").is_file() and path.is_file()):
-        return False
-    try:
-        return read_json(path).get("digest") == digest
-    except ValueError:
-        return False
 
 
 class TwoTowerRecallSystem:
@@ -117,11 +107,11 @@ class TwoTowerRecallSystem:
         complete data stage for exactly these settings (else the data stage runs). Returns
         the `ProcessedData`.
         """
-        from twotower_utils.preprocessing import DataPreprocessor, load_processed
+        from twotower_utils.data.preprocessing import DataPreprocessor, load_processed
 
         digest = data_fingerprint(self.config).digest
         directory = self.config.processed_dir(digest)
-        if not (reuse and _is_processed_for(directory, digest)):
+        if not (reuse and is_processed_for(directory, digest)):
             DataPreprocessor(self.config, log=self.log).run()
         self.data = load_processed(directory)
         shape = (self.data.num_users, self.data.num_items)
@@ -134,7 +124,7 @@ class TwoTowerRecallSystem:
 
     def build_model(self):
         """Build the two towers and the retrieval model for the prepared data."""
-        from twotower_utils.model import build_model
+        from twotower_utils.model.two_tower import build_model
 
         if self.data is None:
             self.prepare_data()
@@ -159,13 +149,13 @@ class TwoTowerRecallSystem:
         The result's `extra` then holds each member's own validation metric and the
         ensemble's (`ensemble_val_<metric>`).
         """
-        from twotower_utils.fitting import ensemble_summary, train_and_refit
+        from twotower_utils.model.fitting import ensemble_summary, train_and_refit
 
         if self.model is None:
             self.build_model()
         early = None
         if self.config.training.tune.enabled:
-            from twotower_utils.tuning import tune
+            from twotower_utils.model.tuning import tune
 
             # The winner's configuration becomes the run's; its early-stopped model and
             # result go on to the refit.
@@ -193,7 +183,7 @@ class TwoTowerRecallSystem:
         `candidates` (bool `[num_items]`) replaces the recommendable items, e.g. with the
         unseen test items of a cold-items split; test metrics are then not stored.
         """
-        from twotower_utils.evaluation import ranking_metrics, top_k_scores
+        from twotower_utils.evaluation.metrics import ranking_metrics, top_k_scores
 
         if split not in ("test", "validation"):
             raise ValueError(f"split = {split!r}: expected 'test' or 'validation'")
@@ -269,7 +259,7 @@ class TwoTowerRecallSystem:
     def recommend_batch(self, user_ids=None, top_k: int = 10,
                         exclude_seen: bool = True) -> pd.DataFrame:
         """Top `top_k` for many known users (default: all): `user_id, item_id, rank, score`."""
-        from twotower_utils.evaluation import top_k_scores
+        from twotower_utils.evaluation.metrics import top_k_scores
 
         if not isinstance(top_k, int | np.integer) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k = {top_k!r}: expected an integer >= 1")
@@ -301,7 +291,7 @@ class TwoTowerRecallSystem:
             raise KeyError(f"unknown item_id {item_id!r}: not in the vocabulary of this run; "
                            "pass item_features={...} (raw values, as in items.csv) to embed a "
                            "new item")
-        from twotower_utils.features import FeatureEncoder
+        from twotower_utils.data.features import FeatureEncoder
 
         self._require_trained()
         specs = self.data.feature_specs.get("item", [])
@@ -337,7 +327,7 @@ class TwoTowerRecallSystem:
             np.save(staging / "user_embeddings.npy", self._users())
             np.save(staging / "item_embeddings.npy", self._items())
             self.model.save_weights(str(staging / "weights" / "model"))
-            from twotower_utils.export import export_tower
+            from twotower_utils.serving.export import export_tower
 
             export_tower(self.model, "user", staging / "user_tower")
             export_tower(self.model, "item", staging / "item_tower")
@@ -393,7 +383,7 @@ class TwoTowerRecallSystem:
 
     def _require_model(self) -> None:
         if self.model is None and self.run_dir is not None and (self.run_dir / "weights").is_dir():
-            from twotower_utils.model import build_model
+            from twotower_utils.model.two_tower import build_model
 
             self.model = build_model(self.data, self.config)
             self.model.load_weights(str(self.run_dir / "weights" / "model")).expect_partial()
@@ -437,7 +427,7 @@ class TwoTowerRecallSystem:
                 f"unknown user_id {user_id!r}: not in the training vocabulary; pass "
                 "user_features={...} (raw feature values, as in users.csv) and/or "
                 "history_items=[item ids] to get cold-start recommendations")
-        from twotower_utils.features import FeatureEncoder
+        from twotower_utils.data.features import FeatureEncoder
 
         self._require_trained()
         specs = self.data.feature_specs.get("user", [])

@@ -1,0 +1,131 @@
+"""How `TwoTowerRecallSystem.train_model` trains: early stopping, then one refit.
+
+`train_and_refit` early-stops one model on validation and, with
+`training.refit_with_validation`, trains a fresh one on train + validation for the best epoch
+count (`refit`): two trainings, whatever `model.ensemble_size` is. An ensemble is one model
+whose K members train side by side in every step, each on its own batch order with its own
+negatives, dropout and overrides (see `ensemble` and `training.Trainer`); each member is
+early-stopped on its own validation score and keeps its best epoch's weights, and the refit
+trains them all for the longest of those epoch counts, taking member m's weights at its own
+(`ensemble.MemberStopping`).
+`ensemble_summary` adds each member's own validation metric. `join_members` writes trained
+single-member models into one K-member model (members trained elsewhere can be joined).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from twotower_utils.config import Config
+from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, member_config, member_metrics
+from twotower_utils.model.training import Trainer
+from twotower_utils.model.two_tower import TwoTowerModel, build_model
+
+__all__ = ["MEMBER_SEED_STRIDE", "early_stop", "ensemble_summary", "join_members",
+           "member_config", "refit", "train_and_refit", "validation_candidates"]
+
+
+def early_stop(system, model, config: Config, name: str, resume: bool, callbacks=()):
+    """Train `model` on the training split with early stopping on validation; returns
+    the `TrainingResult` (the model keeps its best weights, each member its own)."""
+    data = system.data
+    trainer = Trainer(
+        model, config, data.train["user_idx"].to_numpy(),
+        data.train["item_idx"].to_numpy(), data.interactions("validation"), data.history,
+        checkpoint_dir=config.path("models_dir") / ".checkpoints" / name,
+        candidates=validation_candidates(system), log_dir=config.path("logs_dir") / name,
+        log=system.log)
+    return trainer.fit(resume=resume, callbacks=callbacks)
+
+
+def train_and_refit(system, model, config: Config, name: str, resume: bool, callbacks=(),
+                    result=None):
+    """Early-stop `model` on validation (unless `result` says it already was), then refit
+    if configured.
+
+    Returns `(result, early-stopped model, final model)`; the final model is a fresh
+    one trained on train + validation when `training.refit_with_validation` is set.
+    """
+    if result is None:
+        result = early_stop(system, model, config, name, resume, callbacks)
+    if not (config.training.refit_with_validation and result.best_epoch):
+        return result, model, model
+    refitted, seconds = refit(system, config, result.best_epoch, name, resume,
+                              result.extra.get("member_best_epochs"))
+    result.extra.update(refit_epochs=result.best_epoch, refit_seconds=seconds)
+    return result, model, refitted
+
+
+def refit(system, config: Config, epochs: int, name: str, resume: bool,
+          member_epochs: list[int] | None = None):
+    """A fresh model trained on train + validation for `epochs` (an ensemble's member m
+    taken at `member_epochs[m]`); returns it and the seconds it took."""
+    data = system.data
+    both = pd.concat([data.train, data.validation], ignore_index=True)
+    refit_data = replace(data, train=both, validation=data.validation.iloc[:0],
+                         history=system._serving_history)
+    config = replace(config, training=replace(config.training, epochs=epochs))
+    system.log(f"refitting on train + validation ({len(both):,} pairs) for {epochs} epochs")
+    model = build_model(refit_data, config)
+    trainer = Trainer(
+        model, config, both["user_idx"].to_numpy(), both["item_idx"].to_numpy(), None,
+        system._serving_history,
+        checkpoint_dir=config.path("models_dir") / ".checkpoints" / f"{name}-refit",
+        log_dir=config.path("logs_dir") / name / "refit", log=system.log,
+        member_epochs=member_epochs)
+    return model, trainer.fit(resume=resume).seconds
+
+
+def validation_candidates(system) -> np.ndarray:
+    """Items ranked on validation: those seen in training, or, for the cold-items split
+    (whose validation items are unseen in training too), the validation items, as the
+    cold-item evaluation ranks among the cold test items."""
+    data = system.data
+    seen = data.interactions("validation" if system.config.data.split.method == "cold_items"
+                             else "train")
+    return np.asarray(seen.sum(axis=0)).ravel() > 0
+
+
+def ensemble_summary(system, result, model) -> dict:
+    """Each member's validation metric in the early-stopped ensemble `model` (its slice of
+    the embeddings alone) beside the ensemble's own (`result.best_metric`)."""
+    data, metric = system.data, result.metric
+    values = list(member_metrics(model, data.history, data.interactions("validation"),
+                                 validation_candidates(system), metric).values())
+    system.log(f"ensemble of {model.members}: validation {metric} {result.best_metric:.4f} "
+               "(members alone " + ", ".join(f"{v:.4f}" for v in values) + ")")
+    return {f"member_val_{metric}": values, f"ensemble_val_{metric}": result.best_metric}
+
+
+def join_members(members: list[TwoTowerModel], data, config: Config) -> TwoTowerModel:
+    """One model whose towers hold the trained single-member `members` side by side.
+
+    Returns a `TwoTowerModel` with `ensemble_size = len(members)` built for `data`: its wide
+    tables are the members' tables concatenated (member m is slice m) and member m's layers
+    carry member m's weights, so its embeddings are the members' embeddings concatenated.
+    """
+    joined = build_model(data, replace(config, model=replace(config.model,
+                                                             ensemble_size=len(members))))
+    for side in ("user_tower", "item_tower"):
+        target, sources = getattr(joined, side), [getattr(m, side) for m in members]
+        if any(source.members != 1 for source in sources):
+            raise ValueError("join_members: every member must be a single-member model")
+        wide = [(target.id_embedding, [s.id_embedding for s in sources]),
+                (target.history_embedding, [s.history_embedding for s in sources])]
+        wide += [(layer, [s.feature_embeddings[name] for s in sources])
+                 for name, layer in target.feature_embeddings.items()]
+        for layer, parts in wide:
+            if layer is not None:
+                layer.embeddings.assign(tf.concat([p.embeddings for p in parts], axis=1))
+        for (hidden, projection), source in zip(target.member_layers, sources):
+            source_hidden, source_projection = source.member_layers[0]
+            for layers, source_layers in zip(hidden, source_hidden):
+                for layer, source_layer in zip(layers, source_layers):
+                    layer.set_weights(source_layer.get_weights())
+            if projection is not None:
+                projection.set_weights(source_projection.get_weights())
+    return joined

@@ -1,0 +1,300 @@
+"""One SavedModel for online recall: raw user features in, top-k item ids and scores out.
+
+`export_recommender(run, path)` wraps a saved run's user tower (`<run>/user_tower/`), the
+feature encoding (`feature_specs.json`, done in-graph with lookup tables), the users' known
+history (train + validation, fed to the tower and excluded from the results) and an index
+over the candidate items' embeddings: exact brute force, or ScaNN's TensorFlow ops. Loading
+it needs TensorFlow only (plus `import scann` for the ScaNN variant, which registers its
+ops); nothing from this project:
+
+    model = tf.saved_model.load(path)
+    out = model.signatures["serving_default"](user_id=tf.constant(["u1"]),
+                                              segment=tf.constant(["seg0"]), ...)
+    out["item_ids"], out["scores"]            # string [B, k], float32 [B, k], best first
+
+Signatures (B = batch; every raw user feature the tower uses is an input: categorical and
+multi-hot as strings, multi-hot `|`-separated, numeric as float64; unknown values and ids are
+allowed and behave as in `recommend_items`' cold start):
+- `serving_default(user_id, <features>)`;
+- `recommend(user_id, <features>, history_item_ids, exclude_item_ids)`: both string
+  `[B, None]` padded with ""; `history_item_ids` feeds the tower and is excluded, for users
+  outside the vocabulary only (a known user's history is built in); `exclude_item_ids` is
+  never returned;
+- `user_embedding(user_id, <features>, history_item_ids)` -> `{"embedding": [B, d]}`.
+Empty slots (fewer allowed items than k) hold item id "" and score -inf.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from twotower_utils.io import write_json
+from twotower_utils.serving.indexes import INDEXES, apply_scann_params, default_scann_params
+from twotower_utils.serving.run import ServingRun, serving_settings
+
+__all__ = ["RawUserEncoder", "export_recommender", "export_tower", "raw_feature_signature"]
+
+ID_FEATURE = "__id__"
+
+
+def raw_feature_signature(specs: list[dict[str, Any]]) -> dict[str, tf.TensorSpec]:
+    """TensorSpecs of the raw user features: string `[B]` for categorical and multi-hot
+    (`|`-separated), float64 `[B]` for numeric."""
+    return {spec["name"]: tf.TensorSpec([None], tf.float64 if spec["type"] == "numeric"
+                                        else tf.string, name=spec["name"])
+            for spec in specs}
+
+
+def _table(keys: list[str], first_code: int = 1) -> tf.lookup.StaticHashTable:
+    """String -> int64 code (position + first_code); 0 for anything else."""
+    values = np.arange(first_code, first_code + len(keys), dtype=np.int64)
+    init = tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys), tf.string),
+                                               tf.constant(values))
+    return tf.lookup.StaticHashTable(init, default_value=0)
+
+
+class RawUserEncoder(tf.Module):
+    """`FeatureEncoder` in TensorFlow: raw user features -> the tower's encoded inputs.
+
+    Same rules: values are stripped; categorical value at vocabulary position p -> p + 1,
+    unknown -> 0; numeric standardised with the fitted mean/std in float64 (missing/NaN ->
+    0); multi-hot split on "|", unknown values dropped, truncated/padded with 0 to `max_len`.
+    """
+
+    def __init__(self, specs: list[dict[str, Any]]):
+        super().__init__(name="raw_user_encoder")
+        self.specs = [dict(spec) for spec in specs]
+        self.tables = {spec["name"]: _table(spec["vocabulary"]) for spec in self.specs
+                       if spec["type"] != "numeric"}
+
+    def __call__(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Encode a dict of raw feature tensors (see `raw_feature_signature`)."""
+        out = {}
+        for spec in self.specs:
+            name, value = spec["name"], raw[spec["name"]]
+            if spec["type"] == "numeric":
+                scaled = (tf.cast(value, tf.float64) - spec["mean"]) / spec["std"]
+                scaled = tf.where(tf.math.is_nan(scaled), tf.zeros_like(scaled), scaled)
+                out[name] = tf.cast(scaled, tf.float32)
+            elif spec["type"] == "categorical":
+                out[name] = tf.cast(self.tables[name].lookup(tf.strings.strip(value)),
+                                    tf.int32)
+            else:
+                parts = tf.strings.strip(tf.strings.split(value, "|"))
+                codes = tf.ragged.map_flat_values(self.tables[name].lookup, parts)
+                codes = tf.ragged.boolean_mask(codes, codes > 0)
+                out[name] = tf.cast(codes.to_tensor(0, shape=[None, spec["max_len"]]),
+                                    tf.int32)
+        return out
+
+
+class _Recommender(tf.Module):
+    """The exported module (see the module docstring); built by `export_recommender`."""
+
+    def __init__(self, run: ServingRun, k: int, index: str, scann: dict, exclude_seen: bool):
+        super().__init__(name="recommender")
+        self.user_tower = tf.saved_model.load(str(run.directory / "user_tower"))
+        tower_inputs = self.user_tower.signatures["serving_default"].structured_input_signature
+        self.tower_keys = set(tower_inputs[1])
+        specs = _read_specs(run.directory)
+        self.specs = [spec for spec in specs if spec["name"] in self.tower_keys]
+        self.encoder = RawUserEncoder(self.specs)
+        self.has_history = "history" in self.tower_keys
+        self.exclude_seen = bool(exclude_seen)
+        self.user_table = _table(list(run.user_ids))
+        self.item_table = _table(list(run.item_ids))
+        with np.load(run.directory / "features.npz") as archive:
+            id_rows = archive.get(f"user/{ID_FEATURE}")
+            id_rows = np.arange(len(run.user_ids) + 1) if id_rows is None else id_rows
+        # Large arrays are variables, so they live in the checkpoint, not the graph proto.
+        self.id_rows = tf.Variable(id_rows.astype(np.int64), trainable=False)
+        self.history_values = tf.Variable(run.history.indices.astype(np.int64),
+                                          trainable=False)
+        self.history_splits = tf.Variable(run.history.indptr.astype(np.int64),
+                                          trainable=False)
+        allowed = np.flatnonzero(run.candidates)
+        position = np.full(len(run.candidates), -1, dtype=np.int64)
+        position[allowed] = np.arange(len(allowed))
+        self.position = tf.Variable(position, trainable=False)
+        self.candidate_ids = tf.Variable(run.item_ids[allowed - 1].astype(object).astype(bytes),
+                                         trainable=False, dtype=tf.string)
+        self.num_candidates, self.k, self.index = len(allowed), int(k), index
+        vectors = np.ascontiguousarray(np.asarray(run.item_vectors)[allowed], np.float32)
+        if index == "brute_force":
+            self.vectors = tf.Variable(vectors, trainable=False)
+        else:
+            from scann.scann_ops.py import scann_ops
+
+            self.params = default_scann_params(len(allowed), **scann)
+            builder = scann_ops.builder(vectors, self.k, "dot_product")
+            self.searcher = apply_scann_params(builder, self.params).build().serialize_to_module()
+
+    # -------------------------------------------------------------- pieces
+    def _history(self, index: tf.Tensor, known: tf.Tensor,
+                 history_ids: tf.Tensor) -> tf.RaggedTensor:
+        """Item indices per row: the built-in history of known users, else the given ids."""
+        stored = tf.gather(tf.RaggedTensor.from_row_splits(
+            self.history_values, self.history_splits, validate=False), index)
+        given = self.item_table.lookup(history_ids)
+        given = tf.ragged.boolean_mask(given, (given > 0) & ~known[:, None])
+        return tf.concat([stored, given], axis=1)
+
+    def _embed(self, user_id, raw, history_ids):
+        index = self.user_table.lookup(user_id)
+        known = index > 0
+        history = self._history(index, known, history_ids)
+        inputs = {"id": tf.cast(tf.gather(self.id_rows, index), tf.int32), **self.encoder(raw)}
+        if self.has_history:
+            inputs["history"] = tf.cast(history.to_tensor(0), tf.int32)
+        return self.user_tower.serve(inputs)["embedding"], history
+
+    def _search(self, queries: tf.Tensor, excluded: tf.RaggedTensor):
+        """Top-k candidate positions and scores per row, never an excluded item."""
+        positions = tf.ragged.map_flat_values(tf.gather, self.position, excluded)
+        positions = tf.ragged.boolean_mask(positions, positions >= 0)
+        k = min(self.k, self.num_candidates)
+        if self.index == "brute_force":
+            scores = tf.matmul(queries, self.vectors, transpose_b=True)
+            where = tf.stack([positions.value_rowids(), positions.flat_values], axis=1)
+            scores = tf.tensor_scatter_nd_update(
+                scores, where, tf.fill(tf.shape(where)[:1], -np.inf))
+            return tf.math.top_k(scores, k)
+        from scann.scann_ops.py import scann_ops
+
+        most = tf.cast(tf.reduce_max(tf.concat([positions.row_lengths(), [0]], 0)), tf.int32)
+        fetch = tf.minimum(k + most, self.num_candidates)
+        pre = tf.maximum(fetch, self.params.reorder) if self.params.reorder else fetch
+        leaves = self.params.num_leaves_to_search if self.params.num_leaves else -1
+        found = scann_ops.scann_search_batched(self.searcher.recreate_handle(), queries, fetch,
+                                               pre, leaves, True)
+        # ScaNN may find fewer than `fetch` (too few points in the searched leaves): the
+        # list is then narrower or padded with NaN; pad it to k and treat gaps as -inf.
+        short = tf.maximum(k - tf.shape(found.indices)[1], 0)
+        indices = tf.pad(found.indices, [[0, 0], [0, short]])
+        distances = tf.pad(found.distances, [[0, 0], [0, short]], constant_values=np.nan)
+        banned = tf.reduce_any(tf.cast(indices, tf.int64)[:, :, None]
+                               == positions.to_tensor(-1)[:, None, :], axis=2)
+        scores = tf.where(banned | tf.math.is_nan(distances), -np.inf, distances)
+        # ScaNN returns a best-first list; top_k re-sorts it once banned hits are -inf.
+        best = tf.math.top_k(scores, k)
+        return best.values, tf.gather(indices, best.indices, batch_dims=1)
+
+    def recommend(self, user_id, raw, history_ids, exclude_ids) -> dict[str, tf.Tensor]:
+        """Top-k item ids and scores (see the module docstring)."""
+        queries, history = self._embed(user_id, raw, history_ids)
+        extra = self.item_table.lookup(exclude_ids)
+        extra = tf.ragged.boolean_mask(extra, extra > 0)
+        excluded = tf.concat([history, extra], axis=1) if self.exclude_seen else extra
+        scores, positions = self._search(queries, excluded)
+        ids = tf.gather(self.candidate_ids, positions)
+        empty = tf.math.is_inf(scores)
+        return {"item_ids": tf.where(empty, tf.constant(""), ids), "scores": scores}
+
+
+def _read_specs(run_dir: Path) -> list[dict[str, Any]]:
+    from twotower_utils.io import read_json
+
+    return read_json(run_dir / "feature_specs.json").get("user", [])
+
+
+def export_recommender(run: ServingRun | str | Path, path: str | Path, index: str | None = None,
+                       top_k: int | None = None, exclude_seen: bool = True,
+                       scann: dict[str, Any] | None = None) -> Path:
+    """Write the recommender SavedModel for a saved run.
+
+    Args:
+        run: a `ServingRun`, a run directory, or a `TwoTowerRecallSystem` (saved if needed).
+        path: the SavedModel directory (replaced if it exists).
+        index: "brute_force" (exact) or "scann" (default: the run config's `serving.index`).
+        top_k: list length k (default: `serving.top_k`).
+        exclude_seen: exclude a known user's train + validation items, as `recommend_items`.
+        scann: `ScannParams` fields overriding `serving.scann` (ScaNN only).
+
+    Returns:
+        `path`. A `serving.json` beside `saved_model.pb` describes the inputs and the index.
+    """
+    if isinstance(run, str | Path):
+        run = ServingRun.from_dir(run)
+    elif not hasattr(run, "item_vectors"):  # duck-typed: `python -m` reloads ServingRun
+        run = ServingRun.from_system(run)
+    settings = serving_settings(run.config)
+    index = index or settings["index"]
+    top_k = settings["top_k"] if top_k is None else top_k
+    if index not in INDEXES:
+        raise ValueError(f"index = {index!r}: expected one of {', '.join(INDEXES)}")
+    if not isinstance(top_k, int | np.integer) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top_k = {top_k!r}: expected an integer >= 1")
+    module = _Recommender(run, top_k, index, {**settings["scann"], **(scann or {})},
+                          exclude_seen)
+    raw_spec = raw_feature_signature(module.specs)
+    ids = tf.TensorSpec([None], tf.string, name="user_id")
+    history_spec = tf.TensorSpec([None, None], tf.string, name="history_item_ids")
+    exclude_spec = tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")
+
+    def split(kwargs):
+        return kwargs.pop("user_id"), kwargs
+
+    @tf.function(input_signature=[{"user_id": ids, **raw_spec}])
+    def serving_default(inputs):
+        user_id, raw = split(dict(inputs))
+        empty = tf.fill([tf.size(user_id), 0], "")
+        return module.recommend(user_id, raw, empty, empty)
+
+    @tf.function(input_signature=[{"user_id": ids, **raw_spec, "history_item_ids": history_spec,
+                                   "exclude_item_ids": exclude_spec}])
+    def recommend(inputs):
+        inputs = dict(inputs)
+        history, exclude = inputs.pop("history_item_ids"), inputs.pop("exclude_item_ids")
+        user_id, raw = split(inputs)
+        return module.recommend(user_id, raw, history, exclude)
+
+    @tf.function(input_signature=[{"user_id": ids, **raw_spec, "history_item_ids": history_spec}])
+    def user_embedding(inputs):
+        inputs = dict(inputs)
+        history = inputs.pop("history_item_ids")
+        user_id, raw = split(inputs)
+        return {"embedding": module._embed(user_id, raw, history)[0]}
+
+    signatures = {"serving_default": serving_default, "recommend": recommend,
+                  "user_embedding": user_embedding}
+    module.serve, module.recommend_fn, module.embed_fn = (serving_default, recommend,
+                                                          user_embedding)
+    path = Path(path)
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
+    tf.saved_model.save(module, str(path), signatures=signatures, options=options)
+    write_json(path / "serving.json", {
+        "index": index, "k": int(top_k), "exclude_seen": bool(exclude_seen),
+        "scann": module.params.to_dict() if index == "scann" else None,
+        "needs": ["tensorflow"] + (["scann (import scann before loading)"]
+                                   if index == "scann" else []),
+        "inputs": {"user_id": "string [B]", **{
+            spec["name"]: ("float64 [B]" if spec["type"] == "numeric" else
+                           "string [B] ('|'-separated)" if spec["type"] == "multi_hot"
+                           else "string [B]") for spec in module.specs}},
+        "outputs": {"item_ids": f"string [B, {top_k}]", "scores": f"float32 [B, {top_k}]"},
+        "num_candidates": module.num_candidates, "run": str(run.directory)})
+    return path
+
+
+def export_tower(model, side: str, path: str | Path) -> None:
+    """Save one tower of `model` as a SavedModel with a `serving_default` signature.
+
+    The signature takes the tower's encoded inputs (`Tower.input_signature`: `id` int32
+    `[B]` = the `<side>/__id__` row, 0 if unknown; each feature as `FeatureEncoder` encodes
+    it; `history` int32 `[B, L]` item indices padded with 0, for a user tower with history)
+    and returns `{"embedding": float32 [B, d]}`.
+    """
+    tower = model.user_tower if side == "user" else model.item_tower
+    module = tf.Module()
+    module.tower = tower
+    module.serve = tf.function(lambda inputs: {"embedding": tower(inputs, training=False)},
+                               input_signature=[tower.input_signature()])
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
