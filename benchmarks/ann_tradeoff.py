@@ -15,16 +15,12 @@ seen-item exclusion); otherwise a Gaussian mixture (2,000 clusters, d = 64) of `
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
+import _common  # noqa: F401  (first: the repository root on sys.path)
 import numpy as np
+from scale import mixture
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from scale import mixture  # noqa: E402
-
-from twotower_utils.serving.indexes import scann_grid  # noqa: E402
+from twotower_utils.serving.indexes import scann_grid
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -18,8 +18,8 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+import _common  # first: the repository root on sys.path
 import numpy as np
 import pandas as pd
 
@@ -38,7 +38,7 @@ from twotower_utils.evaluation.metrics import (
 
 K = 10
 PUBLISHED_NDCG = {"most_popular": 0.252, "ease": 0.481}
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = _common.ROOT
 
 
 def evaluate(model, train, truth) -> dict[str, float]:
@@ -51,15 +51,12 @@ def evaluate(model, train, truth) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the tuning table and the comparison table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ml100k-dir", help="local GroupLens ml-100k directory")
+    _common.add_ml100k_option(parser)
     args = parser.parse_args(argv)
+    _common.use_ml100k_dir(args)
     with tempfile.TemporaryDirectory() as scratch:
         config = load_config(PROJECT_ROOT / "config.json", {
-            "data.dataset": "movielens-100k",
-            "data.split.method": "benchmark",
-            "data.ml100k_dir": args.ml100k_dir,
-            "paths.processed_dir": scratch,
-        })
+            **_common.ML100K_OVERRIDES, "paths.processed_dir": scratch})
         data = load_processed(DataPreprocessor(config, log=lambda _: None).run())
     inner, validation, test = (data.interactions(s) for s in ("train", "validation", "test"))
     train = inner + validation

@@ -20,15 +20,15 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+import _common  # first: the repository root on sys.path
 import numpy as np
 
 from twotower_utils.config import load_config
 from twotower_utils.data.preprocessing import DataPreprocessor, load_processed
 from twotower_utils.reports import analysis
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = _common.ROOT
 LIMIT_SECONDS = 30.0
 
 

@@ -1,6 +1,7 @@
 """Try configuration changes on the MovieLens-100K benchmark split, one training run each.
 
     .venv/bin/python benchmarks/levers.py GRID.json [--out levers.jsonl] [--threads 1]
+        [--ml100k-dir DIR]
 
 GRID.json maps a row name to config overrides (dotted keys), e.g.
 `{"base": {}, "d128": {"model.embedding_dim": 128}}`. Each row trains the two-tower model
@@ -16,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import _common  # noqa: E402  (first: the repository root on sys.path)
+
+ROOT = _common.ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
                         "levers.jsonl")
     parser.add_argument("--threads", type=int, default=0, help="TF threads (0 = all cores)")
+    _common.add_ml100k_option(parser)
     args = parser.parse_args(argv)
+    _common.use_ml100k_dir(args)
     grid = json.loads(args.grid.read_text())
     import tensorflow as tf
 
@@ -50,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, overrides in grid.items():
             started = time.perf_counter()
             system = TwoTowerRecallSystem(
-                args.config, {"data.dataset": "movielens-100k",
-                              "data.split.method": "benchmark", **paths, **overrides},
+                args.config, {**_common.ML100K_OVERRIDES, **paths, **overrides},
                 run_id=name, log=None)
             system.prepare_data(reuse=True)
             result = system.train_model(save=False)

@@ -43,10 +43,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
+import _common  # noqa: E402  (first: the repository root on sys.path)
 import numpy as np  # noqa: E402
 import score_recommendations  # noqa: E402
 
@@ -54,6 +51,7 @@ from twotower_utils.evaluation.metrics import PopularityByFeature, top_k_from_sc
 from twotower_utils.evaluation.ranking import ranking_metrics  # noqa: E402
 from twotower_utils.reports.analysis import baseline_top_lists, metric_table  # noqa: E402
 
+ROOT = _common.ROOT
 K = 10
 METRICS = ("ndcg", "precision", "recall", "map", "map_at_k", "hit_rate")
 SHOWN = ("ndcg@10", "precision@10", "recall@10", "map@10")  # "map@10" is the benchmark's MAP
@@ -234,16 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docstring); returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=ROOT / "config.json")
-    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                        help="override a config key (dotted); VALUE parsed as JSON if it can be")
+    _common.add_set_option(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--loss-study-seeds", type=int, default=1,
                         help="how many of --seeds each loss-study variant trains with")
     parser.add_argument("--skip-loss-study", action="store_true")
     parser.add_argument("--skip-cold-items", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
-    parser.add_argument("--ml100k-dir", help="GroupLens ml-100k directory (default: "
-                        "$TWOTOWER_ML100K_DIR, else fetched as `make run` does)")
+    _common.add_ml100k_option(parser)
     parser.add_argument("--jobs", type=int, default=2, help="training jobs run at once")
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--job-result", type=Path, help=argparse.SUPPRESS)
@@ -259,21 +255,15 @@ def main(argv: list[str] | None = None) -> int:
                          args.job.parent)
         args.job_result.write_text(json.dumps(result, default=float))
         return 0
-    if args.ml100k_dir:
-        os.environ["TWOTOWER_ML100K_DIR"] = args.ml100k_dir
+    _common.use_ml100k_dir(args)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
-        overrides = {"data.dataset": "movielens-100k", "data.split.method": "benchmark",
-                     "paths.raw_dir": str(ROOT / "data" / "raw"),
+        overrides = {**_common.ML100K_OVERRIDES, "paths.raw_dir": str(ROOT / "data" / "raw"),
                      **{f"paths.{name}": str(workdir / name)
-                        for name in ("processed_dir", "models_dir", "logs_dir")}}
-        for key, value in args.set:
-            try:
-                overrides[key] = json.loads(value)
-            except json.JSONDecodeError:
-                overrides[key] = value
+                        for name in ("processed_dir", "models_dir", "logs_dir")},
+                     **_common.set_overrides(parser, args)}
         # The data stage once, here, so the jobs only read it; then the baselines.
         from twotower_utils.config import load_config
         from twotower_utils.data.preprocessing import DataPreprocessor, load_processed

@@ -39,10 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common  # first: this checkout's package, even where another is installed
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's package, even where another is installed
+ROOT = _common.ROOT
 # peak_gib is in GB (10^9 bytes) despite its name; us_per_interaction and data_stage_s are
 # the limits for the largest size (10M interactions by default).
 THRESHOLDS = {"growth": 1.5, "peak_gib": 4.0, "speedup": 10.0, "recall": 0.95,

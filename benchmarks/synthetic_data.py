@@ -18,6 +18,8 @@ import sys
 import time
 import tracemalloc
 
+import _common  # noqa: F401  (first: the repository root on sys.path)
+
 from twotower_utils.data.datasets import generate_synthetic, write_dataset
 
 

@@ -20,14 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+import _common  # noqa: E402  (first: the repository root on sys.path)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -36,6 +33,8 @@ from twotower_utils.model.sampler import PairSampler  # noqa: E402
 from twotower_utils.model.training import Trainer  # noqa: E402
 from twotower_utils.model.two_tower import MODEL_DEFAULTS, feature_dim  # noqa: E402
 from twotower_utils.system import TwoTowerRecallSystem  # noqa: E402
+
+ROOT = _common.ROOT
 
 
 class BareLoop(tf.Module):
@@ -178,25 +177,16 @@ def main(argv=None) -> int:
     """Run the benchmark; returns the process exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "config.json"))
-    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                        help="override a config key (dotted), VALUE parsed as JSON if possible")
+    _common.add_set_option(parser)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ml100k"))
-    parser.add_argument("--ml100k-dir", default=None,
-                        help="GroupLens ml-100k directory (default: $TWOTOWER_ML100K_DIR, "
-                             "else fetched as `make run` does)")
+    _common.add_ml100k_option(parser)
     parser.add_argument("--run-id", default="benchmark-ml100k")
     parser.add_argument("--skip-step-timing", action="store_true")
     parser.add_argument("--step-timing-only", action="store_true",
                         help="skip training: prepare the data and time the steps only")
     args = parser.parse_args(argv)
-    if args.ml100k_dir:
-        os.environ["TWOTOWER_ML100K_DIR"] = args.ml100k_dir
-    overrides = {"data.dataset": "movielens-100k", "data.split.method": "benchmark"}
-    for key, value in args.set:
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    _common.use_ml100k_dir(args)
+    overrides = {**_common.ML100K_OVERRIDES, **_common.set_overrides(parser, args)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

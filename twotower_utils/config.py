@@ -4,7 +4,9 @@
 only overrides (papermill injects them), as a nested dict or with dotted keys
 (`{"training.epochs": 3}`); `load_config` merges them over the file and validates the result,
 refusing unknown keys, wrong types and out-of-range values with one message that names each
-key path, the value given and what is allowed.
+key path, the value given and what is allowed. Every command line (the pipeline's `-p`, the
+data and distributed CLIs, the benchmarks' `--set`) reads its `KEY VALUE` pairs with
+`parse_overrides` (each value by `parse_value`), the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import copy
 import dataclasses
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,6 +338,54 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[s
         else:
             target[leaf] = copy.deepcopy(value)
     return merged
+
+
+# Text that opens a mapping, a list or a quoted string is meant as data: when it parses as
+# neither JSON nor YAML it is an error, not a string.
+_DATA_OPENERS = ("{", "[", '"', "'")
+
+
+def parse_value(text: str) -> Any:
+    """One override value as typed on a command line (`-p KEY VALUE`, `--set KEY VALUE`).
+
+    Takes the VALUE text; returns it read as JSON (so `1e-3` is a float), else as YAML
+    (`[64, 32]`, `{epochs: 3}`, `true`, `null`), else the text itself (`temporal`,
+    `rating >= 4`); a YAML result that is not JSON data (a date) stays the text too. Raises
+    ValueError when text opening a mapping, a list or a quoted string parses as neither.
+    """
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    import yaml  # only the command lines need it
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        if text.lstrip().startswith(_DATA_OPENERS):
+            reason = getattr(error, "problem", None) or " ".join(str(error).split())
+            raise ValueError(f"not valid JSON or YAML ({reason})") from None
+        return text
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return text
+    return value
+
+
+def parse_overrides(pairs: Iterable[tuple[str, str]] | None) -> dict[str, Any]:
+    """The `(key, value_text)` pairs of a command line as a dict of overrides.
+
+    Takes the pairs in order (a later key wins) and returns `{key: parse_value(text)}`;
+    raises `ConfigError` naming the key and its text when a value cannot be parsed.
+    """
+    overrides: dict[str, Any] = {}
+    for key, text in pairs or []:
+        try:
+            overrides[str(key)] = parse_value(text)
+        except ValueError as error:
+            raise ConfigError(f"{key} = {text!r}: cannot parse the value, {error}") from None
+    return overrides
 
 
 def is_section(value: dict[str, Any]) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from twotower_utils.config import Config, load_config
+from twotower_utils.config import Config, ConfigError, load_config, parse_overrides
 from twotower_utils.data.datasummary import report_features, summarise
 from twotower_utils.data.features import FeatureEncoder
 from twotower_utils.data.fingerprint import FINGERPRINT_FILE, data_fingerprint
@@ -392,10 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="override data.dataset")
     parser.add_argument(
         "-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-        help="override a config key (dotted path), VALUE parsed as JSON when possible",
+        help="override a config key (dotted path); VALUE read as JSON, else YAML, else text",
     )
     args = parser.parse_args(argv)
-    overrides = {key: _parse_value(value) for key, value in args.param}
+    try:
+        overrides = parse_overrides(args.param)
+    except ConfigError as error:
+        parser.error(str(error))
     if args.dataset:
         overrides["data.dataset"] = args.dataset
     started = time.perf_counter()
@@ -404,15 +407,6 @@ def main(argv: list[str] | None = None) -> int:
     print(summarise(preprocessor.stats(), directory))
     print(f"data stage finished in {time.perf_counter() - started:.1f} s")
     return 0
-
-
-def _parse_value(text: str) -> Any:
-    import json
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 if __name__ == "__main__":

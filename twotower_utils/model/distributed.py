@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from twotower_utils.config import DISTRIBUTION_STRATEGIES, Config, load_config
+from twotower_utils.config import DISTRIBUTION_STRATEGIES, Config, load_config, parse_overrides
 from twotower_utils.model.training import evaluate_ranking, make_optimizer
 from twotower_utils.model.two_tower import build_model
 
@@ -221,7 +221,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "set TF_CONFIG in each and run the same command on every one.")
     parser.add_argument("--config", default="config.json")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[],
-                        metavar=("KEY", "VALUE"), help="override a config key (JSON value)")
+                        metavar=("KEY", "VALUE"),
+                        help="override a config key; VALUE read as JSON, else YAML, else text")
     parser.add_argument("--strategy", choices=STRATEGIES, default=None,
                         help="default: training.distribution_strategy, else 'default'")
     parser.add_argument("--cpu-replicas", type=int, default=0,
@@ -240,12 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     the JSON summary and, with --save, the run directory (as `TwoTowerRecallSystem.save`).
     Returns the exit status."""
     args = _parse_args(argv)
-    overrides = {}
-    for key, value in args.param:
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_overrides(args.param)
     config = load_config(args.config, overrides)
     devices = None
     if args.cpu_replicas > 1:

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from twotower_utils.config import parse_overrides
 from twotower_utils.pipeline.interrupts import (
     PipelineInterrupted,
     SignalsAsInterrupts,
@@ -91,19 +92,14 @@ def select_stages(stages: list[str] | None = None, from_stage: str | None = None
     return names
 
 
-def _yaml_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def parse_parameters(pairs: list[tuple[str, str]] | None = None,
                      parameters_file: str | Path | None = None) -> tuple[dict, dict]:
     """Split `-p KEY VALUE` pairs and a YAML file into (config overrides, notebook parameters).
 
     UPPER_CASE keys are notebook parameters, other keys config overrides (file first, then
-    the pairs, so the command line wins). Values from pairs are parsed as YAML.
+    the pairs, so the command line wins). Values from pairs are read by
+    `config.parse_overrides` (JSON, else YAML, else the text). Returns the two dicts; raises
+    ValueError (a `ConfigError` naming the key for a value that cannot be parsed).
     """
     overrides: dict[str, Any] = {}
     params: dict[str, Any] = {}
@@ -116,7 +112,7 @@ def parse_parameters(pairs: list[tuple[str, str]] | None = None,
         if not isinstance(loaded, dict):
             raise ValueError(f"--parameters-file {path}: expected a mapping of KEY: value")
         entries.extend(loaded.items())
-    entries.extend((key, _yaml_value(value)) for key, value in pairs or [])
+    entries.extend(parse_overrides(pairs).items())
     for key, value in entries:
         if _PARAMETER.match(str(key)):
             params[key] = value
@@ -323,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", default="config.json", help="configuration file")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[],
-                        metavar=("KEY", "VALUE"), help="a parameter; VALUE is read as YAML")
+                        metavar=("KEY", "VALUE"),
+                        help="a parameter; VALUE read as JSON, else YAML, else the text")
     parser.add_argument("--parameters-file", "-f", help="YAML file of parameters")
     parser.add_argument("--dataset", help="shorthand for -p data.dataset NAME, with that "
                         "dataset's own feature declarations (unless set explicitly)")
