@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from twotower_utils.data.processed import ProcessedData
 from twotower_utils.evaluation.baselines import (
     DEFAULT_EASE_GRID,
     DEFAULT_KNN_GRID,
@@ -32,7 +33,6 @@ from twotower_utils.evaluation.baselines import (
     tune_ease,
     tune_item_knn,
 )
-from twotower_utils.data.processed import ProcessedData
 from twotower_utils.evaluation.ranking import ranking_metrics
 from twotower_utils.evaluation.topk import top_k_from_scores, top_k_scores
 

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from twotower_utils.display import Note
 from twotower_utils.data.processed import ProcessedData
 from twotower_utils.data.rawdata import RawDataset
+from twotower_utils.display import Note
 
 __all__ = [
     "positives",
