@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from twotower_utils.config import Config, config_from_dict, load_config
 from twotower_utils.data.fingerprint import FINGERPRINT_FILE, data_fingerprint
 from twotower_utils.data.processed import is_processed_for
+from twotower_utils.evaluation.protocol import evaluation_protocol
 from twotower_utils.io import atomic_directory, read_json, write_json
 from twotower_utils.pipeline.runs import check_run_id
 from twotower_utils.serving.artifacts import (
@@ -45,15 +45,6 @@ class _RunData:
         self.user_vocab, self.item_vocab = list(user_vocab), list(item_vocab)
         self.features, self.feature_specs, self.history = features, feature_specs, history
         self.num_users, self.num_items = len(self.user_vocab) + 1, len(self.item_vocab) + 1
-
-
-def _csr(frames: list[pd.DataFrame], shape: tuple[int, int]) -> sp.csr_matrix:
-    users = np.concatenate([f["user_idx"].to_numpy() for f in frames])
-    items = np.concatenate([f["item_idx"].to_numpy() for f in frames])
-    matrix = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=shape)
-    matrix.sum_duplicates()
-    matrix.data[:] = 1.0
-    return matrix
 
 
 def _check_feature_names(side: str, given: dict[str, Any], specs: list[dict]) -> None:
@@ -114,10 +105,11 @@ class TwoTowerRecallSystem:
         if not (reuse and is_processed_for(directory, digest)):
             DataPreprocessor(self.config, log=self.log).run()
         self.data = load_processed(directory)
-        shape = (self.data.num_users, self.data.num_items)
-        # Serving sees everything known before the test split: train + validation.
-        self._serving_history = _csr([self.data.train, self.data.validation], shape)
-        self._candidates = np.asarray(self._serving_history.sum(axis=0)).ravel() > 0
+        # Serving sees everything known before the test split: the test protocol's training
+        # part (train + validation) is excluded and its items are the candidates.
+        self._test_protocol = evaluation_protocol(self.data, "test")
+        self._serving_history = self._test_protocol.exclude
+        self._candidates = self._test_protocol.candidates
         self._user_vectors = self._item_vectors = None
         self._index = {}
         return self.data
@@ -177,11 +169,12 @@ class TwoTowerRecallSystem:
                        candidates: np.ndarray | None = None) -> dict:
         """Ranking metrics on `split` ("test" or "validation") over the full catalogue.
 
-        Test: users' history and excluded items are train + validation, candidates the
-        items seen there. Validation: the training split alone. Returns `{"ndcg@10": ...}`
-        (k values and metrics default to the `evaluation` section of the config).
-        `candidates` (bool `[num_items]`) replaces the recommendable items, e.g. with the
-        unseen test items of a cold-items split; test metrics are then not stored.
+        The protocol is `evaluation.protocol.evaluation_protocol(data, split)`: for test,
+        users' history and excluded items are train + validation, candidates the items seen
+        there; for validation, the training split alone. Returns `{"ndcg@10": ...}` (k values
+        and metrics default to the `evaluation` section of the config). `candidates` (bool
+        `[num_items]`) replaces the recommendable items, e.g. with the unseen test items of a
+        cold-items split; test metrics are then not stored.
         """
         from twotower_utils.evaluation.metrics import ranking_metrics, top_k_scores
 
@@ -207,20 +200,17 @@ class TwoTowerRecallSystem:
                 raise ValueError(f"candidates: expected a bool mask of shape "
                                  f"({data.num_items},), got {given.shape}")
         if split == "test":
-            history, candidates = self._serving_history, self._candidates
-            user_vectors = self._users()
+            protocol, user_vectors = self._test_protocol, self._users()
         else:
-            history = data.history
-            candidates = np.asarray(history.sum(axis=0)).ravel() > 0
-            user_vectors = self.model.user_embeddings(np.arange(data.num_users), history)
-        if given is not None:
-            candidates = given
-        relevant = data.interactions(split)
-        users = np.flatnonzero(np.diff(relevant.indptr) > 0)
-        exclude = history[users] if evaluation.exclude_train_items else None
+            protocol = evaluation_protocol(data, "validation")
+            user_vectors = self.model.user_embeddings(np.arange(data.num_users),
+                                                      protocol.exclude)
+        candidates = protocol.candidates if given is None else given
+        users = protocol.users
+        exclude = protocol.exclude[users] if evaluation.exclude_train_items else None
         top_idx, _ = top_k_scores(user_vectors[users], self._items(), max(k_values),
                                   exclude=exclude, candidates=candidates)
-        result = ranking_metrics(top_idx, relevant[users], k_values, metrics,
+        result = ranking_metrics(top_idx, protocol.relevant[users], k_values, metrics,
                                  num_items=int(candidates.sum()))
         if split == "test" and given is None:
             self.metrics = result

@@ -128,6 +128,26 @@ def test_metric_options_and_edge_cases():
         ranking_metrics(TOP_IDX, RELEVANT, k_values=(5,))
 
 
+def test_by_threshold_counts_hits_past_k_as_ms_does():
+    # MS "by_threshold" lists `threshold` items and scores them all against k: user 1's
+    # two hits in its top 3 both count at k = 1 (precision 2), user 2's one, user 3 none.
+    assert precision_at_k(TRUE, PRED, k=1, relevancy_method="by_threshold",
+                          threshold=3) == pytest.approx(1.0)
+    assert recall_at_k(TRUE, PRED, k=1, relevancy_method="by_threshold",
+                       threshold=3) == pytest.approx((2 / 4 + 1) / 3)
+    assert catalog_coverage(TRUE, PRED, k=1, num_items=10, relevancy_method="by_threshold",
+                            threshold=3) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="relevancy_method"):
+        recall_at_k(TRUE, PRED, relevancy_method="nope")
+
+
+def test_dataframe_path_is_the_array_path_on_the_same_lists():
+    # The DataFrame functions turn the frames into a top-k matrix and score it with
+    # ranking_metrics: same numbers, exactly, for the users in both frames.
+    via_frames = evaluate_recommendations(TRUE, PRED, k_values=(1, 3), num_items=10)
+    assert via_frames == ranking_metrics(TOP_IDX, RELEVANT, k_values=(1, 3), num_items=10)
+
+
 # --- brute-force reference -------------------------------------------------------------------
 
 

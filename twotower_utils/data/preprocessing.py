@@ -28,15 +28,18 @@ from twotower_utils.data.datasummary import report_features, summarise
 from twotower_utils.data.features import FeatureEncoder
 from twotower_utils.data.fingerprint import FINGERPRINT_FILE, data_fingerprint
 from twotower_utils.data.processed import EXPLICIT_NEGATIVES_FILE as EXPLICIT_FILE
-from twotower_utils.data.processed import ProcessedData, explicit_counts, load_processed
+from twotower_utils.data.processed import (
+    ID_FEATURE,
+    ProcessedData,
+    explicit_counts,
+    load_processed,
+)
 from twotower_utils.data.sampling import sample_negatives, sorted_unique
 from twotower_utils.data.splits import split_mask
 from twotower_utils.io import atomic_directory, write_json
 from twotower_utils.logs import forwarded, report
 
 __all__ = ["DataPreprocessor", "ProcessedData", "load_processed", "main", "summarise"]
-
-ID_FEATURE = "__id__"  # per-side table mapping an index to its id-embedding row (0 if unseen)
 
 
 class DataPreprocessor:

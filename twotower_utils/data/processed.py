@@ -14,6 +14,10 @@ from twotower_utils.data.features import FeatureEncoder
 from twotower_utils.data.fingerprint import FINGERPRINT_FILE
 from twotower_utils.io import read_json
 
+# The per-side feature table mapping an index to its id-embedding row (0 when unseen in
+# training): `features["user/__id__"]`, written by the data stage, read by the model and by
+# serving's export.
+ID_FEATURE = "__id__"
 # Optional: processed data written before explicit negatives were saved has none.
 EXPLICIT_NEGATIVES_FILE = "explicit_negatives.parquet"
 REQUIRED_FILES = (

@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.linalg import lapack
 
+from twotower_utils.evaluation.protocol import seen_items
 from twotower_utils.evaluation.ranking import check_metrics, ranking_metrics
 from twotower_utils.evaluation.topk import _select_top_k, top_k_from_scores
 
@@ -329,7 +330,7 @@ def _validation_table(name: str, values: Sequence, make_scorer, train: sp.csr_ma
     check_metrics([metric])
     validation = sp.csr_matrix(validation)
     if candidates is None:
-        candidates = np.asarray((train != 0).sum(axis=0)).ravel() > 0
+        candidates = seen_items(train != 0)  # the protocol's: the items seen in training
     rows = []
     for value in values:
         started = time.perf_counter()

@@ -3,12 +3,14 @@
 The baselines (most-popular, EASE, item-kNN) live in `twotower_utils.evaluation.baselines` and are
 re-exported here.
 
-Two ways to score the same recommendations, which agree exactly:
+Two ways to score the same recommendations, with one implementation of the formulas
+(`twotower_utils.evaluation.ranking`):
 
 - the DataFrame API (`precision_at_k`, `recall_at_k`, `ndcg_at_k`, `mean_average_precision`,
   `map_at_k`, `hit_rate_at_k`, `catalog_coverage`, `evaluate_recommendations`), with the
   semantics of Microsoft Recommenders' `python_evaluation` (binary relevance,
-  `relevancy_method="top_k"`);
+  `relevancy_method="top_k"`): an adapter that ranks each user's rows, turns them into a
+  top-k index matrix and a relevance matrix, and scores those with the array API;
 - the array API (`ranking_metrics`) over a `[U, k]` matrix of item indices, as returned by
   `top_k_scores` / `top_k_from_scores`, and a sparse `[U, I]` matrix of relevant items.
 
@@ -31,6 +33,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from twotower_utils.evaluation.baselines import (
     DEFAULT_EASE_GRID,
@@ -48,9 +51,11 @@ from twotower_utils.evaluation.ranking import (
     METRICS,
     check_k_values,
     check_metrics,
+    coverage,
+    hit_matrix,
+    hits_metrics,
     ranking_metrics,
 )
-from twotower_utils.evaluation.ranking import user_metrics as _user_metrics
 from twotower_utils.evaluation.topk import top_k_from_scores, top_k_scores
 
 __all__ = [
@@ -118,7 +123,29 @@ def _ranked(
     return ranked
 
 
-def _per_user(
+def _top_idx(rating_pred: pd.DataFrame, items: pd.Index, k: int, col_user: str,
+             col_item: str, col_prediction: str, relevancy_method: str | None,
+             threshold: int) -> tuple[pd.Index, np.ndarray]:
+    """`(users, top_idx)`: row u of the int `[U, L]` matrix is the ranked list (`_ranked`, L
+    = the longest, -1 padded) of `users[u]`, every distinct user of `rating_pred`, as
+    positions in `items`."""
+    users = pd.Index(pd.unique(rating_pred[col_user]))
+    ranked = _ranked(rating_pred[[col_user, col_item, col_prediction]], k, col_user,
+                     col_prediction, relevancy_method, threshold)
+    width = int(ranked[_RANK].max()) if len(ranked) else 0
+    top_idx = np.full((len(users), width), -1, dtype=np.int64)
+    top_idx[users.get_indexer(ranked[col_user]), ranked[_RANK].to_numpy() - 1] = (
+        items.get_indexer(ranked[col_item]))
+    return users, top_idx
+
+
+def _items(rating_true: pd.DataFrame, rating_pred: pd.DataFrame, col_item: str) -> pd.Index:
+    """The distinct items of both frames: the columns of `_as_arrays`' matrices."""
+    return pd.Index(pd.unique(pd.concat([rating_true[col_item], rating_pred[col_item]],
+                                        ignore_index=True)))
+
+
+def _as_arrays(
     rating_true: pd.DataFrame,
     rating_pred: pd.DataFrame,
     k: int,
@@ -127,8 +154,15 @@ def _per_user(
     col_prediction: str,
     relevancy_method: str | None = "top_k",
     threshold: int = 10,
-) -> pd.DataFrame:
-    """Per common user: |relevant| (`actual`), `hits`, `dcg` and the AP numerator `ap`."""
+) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The frames as the array API's inputs: `(top_idx, relevant)`.
+
+    Row u is the u-th distinct user of `rating_pred` (every one, for coverage), column j the
+    j-th distinct item of `rating_true` and `rating_pred` together (so the default catalogue
+    of `catalog_coverage` is the column count). `top_idx` `[U, L]` holds each user's ranked
+    list (see `_top_idx`); `relevant` `[U, I]` the ground truth (duplicate rows count once;
+    users absent from `rating_pred` are left out, as they are from the averages).
+    """
     for frame, name, cols in (
         (rating_true, "rating_true", (col_user, col_item)),
         (rating_pred, "rating_pred", (col_user, col_item, col_prediction)),
@@ -144,25 +178,28 @@ def _per_user(
                 f"column {col!r} is {rating_true[col].dtype} in rating_true but "
                 f"{rating_pred[col].dtype} in rating_pred: ids would never match"
             )
-    truth = rating_true[[col_user, col_item]].drop_duplicates()
-    common = set(truth[col_user]).intersection(rating_pred[col_user])
-    truth = truth[truth[col_user].isin(common)]
-    pred = rating_pred.loc[rating_pred[col_user].isin(common), [col_user, col_item, col_prediction]]
-    ranked = _ranked(pred, k, col_user, col_prediction, relevancy_method, threshold)
-    hits = ranked[[col_user, col_item, _RANK]].merge(truth, on=[col_user, col_item])
-    hits = hits.sort_values([col_user, _RANK], kind="stable")
-    hits["prec"] = (hits.groupby(col_user, sort=False).cumcount() + 1) / hits[_RANK]
-    hits["gain"] = 1.0 / np.log2(hits[_RANK] + 1.0)
-    per_user = hits.groupby(col_user).agg(
-        hits=(_RANK, "size"), dcg=("gain", "sum"), ap=("prec", "sum")
+    items = _items(rating_true, rating_pred, col_item)
+    users, top_idx = _top_idx(rating_pred, items, k, col_user, col_item, col_prediction,
+                              relevancy_method, threshold)
+    truth = rating_true[rating_true[col_user].isin(users)]
+    relevant = sp.csr_matrix(
+        (np.ones(len(truth)), (users.get_indexer(truth[col_user]),
+                               items.get_indexer(truth[col_item]))),
+        shape=(len(users), len(items)),
     )
-    actual = truth.groupby(col_user).size().rename("actual")
-    return per_user.reindex(actual.index, fill_value=0).join(actual)
+    relevant.sum_duplicates()
+    return top_idx, relevant
 
 
-def _stats_metrics(stats: pd.DataFrame, k: int) -> dict[str, float]:
-    """`user_metrics` of a `_per_user` table."""
-    return _user_metrics(*(stats[col].to_numpy() for col in ("hits", "actual", "dcg", "ap")), k)
+def _frame_metrics(rating_true, rating_pred, k, *columns, relevancy_method="top_k",
+                   threshold=10) -> dict[str, float]:
+    """`hits_metrics` of the users in both frames, every listed rank counting (MS: with
+    "by_threshold" or None the list may be longer than k)."""
+    top_idx, relevant = _as_arrays(rating_true, rating_pred, k, *columns, relevancy_method,
+                                   threshold)
+    hit, actual = hit_matrix(top_idx, relevant)
+    evaluated = actual > 0
+    return hits_metrics(hit[evaluated], actual[evaluated], k)
 
 
 _DF_ARGS_DOC = """
@@ -194,8 +231,8 @@ def _make_df_metric(metric: str, name: str, summary: str) -> Callable[..., float
         threshold: int = 10,
     ) -> float:
         columns = (col_user, col_item, col_prediction)
-        stats = _per_user(rating_true, rating_pred, k, *columns, relevancy_method, threshold)
-        return _stats_metrics(stats, k)[metric]
+        return _frame_metrics(rating_true, rating_pred, k, *columns,
+                              relevancy_method=relevancy_method, threshold=threshold)[metric]
 
     function.__name__ = function.__qualname__ = name
     function.__doc__ = summary + "\n" + _DF_ARGS_DOC
@@ -241,19 +278,10 @@ def catalog_coverage(
     catalogue size; when None, the distinct items of `rating_true` and `rating_pred` together
     stand in for it. Returns a float in [0, 1] (0.0 for an empty catalogue).
     """
-    if num_items is None:
-        num_items = len(set(rating_true[col_item]).union(rating_pred[col_item]))
-    if num_items == 0:
-        return 0.0
-    ranked = _ranked(
-        rating_pred[[col_user, col_item, col_prediction]],
-        k,
-        col_user,
-        col_prediction,
-        relevancy_method,
-        threshold,
-    )
-    return ranked[col_item].nunique() / num_items
+    items = _items(rating_true, rating_pred, col_item)
+    _, top_idx = _top_idx(rating_pred, items, k, col_user, col_item, col_prediction,
+                          relevancy_method, threshold)
+    return coverage(top_idx, len(items) if num_items is None else num_items)
 
 
 def evaluate_recommendations(
@@ -278,15 +306,12 @@ def evaluate_recommendations(
         `{"<metric>@<k>": value}`, e.g. "ndcg@10", in metric-then-k order.
     """
     metrics, k_values = check_metrics(metrics), check_k_values(k_values)
-    per_k = {}
-    for k in k_values:
-        stats = _per_user(rating_true, rating_pred, k, col_user, col_item, col_prediction)
-        per_k[k] = _stats_metrics(stats, k)
-        if "coverage" in metrics:
-            per_k[k]["coverage"] = catalog_coverage(
-                rating_true, rating_pred, k, col_user, col_item, col_prediction, num_items
-            )
-    return {f"{m}@{k}": per_k[k][m] for m in metrics for k in k_values}
+    top_idx, relevant = _as_arrays(rating_true, rating_pred, max(k_values), col_user, col_item,
+                                   col_prediction)
+    if top_idx.shape[1] < max(k_values):  # lists shorter than k: pad the empty slots
+        top_idx = np.pad(top_idx, ((0, 0), (0, max(k_values) - top_idx.shape[1])),
+                         constant_values=-1)
+    return ranking_metrics(top_idx, relevant, k_values, metrics, num_items)
 
 
 def recommendations_frame(

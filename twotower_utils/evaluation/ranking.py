@@ -1,8 +1,10 @@
 """Ranking metrics over top-k index matrices, vectorised over users (numpy/scipy only).
 
-The definitions (binary relevance, Microsoft Recommenders' `python_evaluation`) are spelled
-out in `twotower_utils.evaluation.metrics`, whose DataFrame functions share `user_metrics` with
-`ranking_metrics` so the two paths cannot drift apart.
+The one implementation of the metric formulas: `ranking_metrics` (and `hits_metrics`, the
+formulas over a per-user hit matrix, and `coverage`). The definitions (binary relevance,
+Microsoft Recommenders' `python_evaluation`) are spelled out in
+`twotower_utils.evaluation.metrics`, whose DataFrame functions are an adapter that turns the
+frames into these arrays, so the two paths cannot drift apart.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["METRICS", "ranking_metrics", "user_metrics", "check_metrics", "check_k_values"]
+from twotower_utils.config import METRICS
 
-METRICS = ("precision", "recall", "ndcg", "map", "map_at_k", "hit_rate", "coverage")
+__all__ = ["METRICS", "ranking_metrics", "hit_matrix", "hits_metrics", "user_metrics",
+           "coverage", "check_metrics", "check_k_values"]
 
 
 def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
@@ -59,6 +62,49 @@ def user_metrics(
     }
 
 
+def hit_matrix(top_idx: np.ndarray, relevant: sp.spmatrix | sp.sparray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Which recommended slots are relevant.
+
+    Takes an int `[U, K]` top-k matrix (-1 = empty slot) and a sparse `[U, I]` matrix of
+    relevant items (duplicates and explicit zeros ignored). Returns `(hit, actual)`: bool
+    `[U, K]` (slot holds one of the user's relevant items) and int `[U]` (|relevant|).
+    """
+    top_idx = np.asarray(top_idx)
+    relevant = sp.csr_matrix(relevant, copy=True)
+    relevant.sum_duplicates()
+    relevant.eliminate_zeros()
+    n_users, n_items = relevant.shape
+    valid = top_idx >= 0
+    actual = np.diff(relevant.indptr)
+    # One sorted key per (user, item) turns per-user set membership into one searchsorted.
+    rel_keys = np.repeat(np.arange(n_users, dtype=np.int64), actual) * n_items + relevant.indices
+    keys = np.arange(n_users, dtype=np.int64)[:, None] * n_items + top_idx
+    pos = np.minimum(np.searchsorted(rel_keys, keys), max(len(rel_keys) - 1, 0))
+    hit = valid & (rel_keys[pos] == keys) if len(rel_keys) else np.zeros_like(valid)
+    return hit, actual
+
+
+def hits_metrics(hit: np.ndarray, actual: np.ndarray, k: int) -> dict[str, float]:
+    """The metric formulas (all but coverage) from a hit matrix of the evaluated users.
+
+    Takes bool `[n, depth]` (column r = rank r + 1; every column counts, so pass the first k
+    columns for "@k"), |relevant| per user (`[n]`) and the cut-off k (precision's divisor,
+    IDCG and map_at_k over min(k, |relevant|) ranks). Returns `user_metrics`' dict.
+    """
+    h = np.asarray(hit, dtype=np.float64)
+    ranks = np.arange(1, h.shape[1] + 1)
+    return user_metrics(h.sum(axis=1), actual, (h / np.log2(ranks + 1.0)).sum(axis=1),
+                        (np.cumsum(h, axis=1) / ranks * h).sum(axis=1), k)
+
+
+def coverage(top_idx: np.ndarray, num_items: int) -> float:
+    """Distinct items in any row of the int `[U, K]` top-k matrix (-1 = empty slot) /
+    `num_items`; 0.0 when `num_items` is 0."""
+    top_idx = np.asarray(top_idx)
+    return len(np.unique(top_idx[top_idx >= 0])) / num_items if num_items else 0.0
+
+
 def ranking_metrics(
     top_idx: np.ndarray,
     relevant: sp.spmatrix | sp.sparray,
@@ -84,9 +130,6 @@ def ranking_metrics(
     top_idx = np.asarray(top_idx)
     if top_idx.ndim != 2:
         raise ValueError(f"top_idx must be [users, k]; got shape {top_idx.shape}")
-    relevant = sp.csr_matrix(relevant, copy=True)
-    relevant.sum_duplicates()
-    relevant.eliminate_zeros()
     n_users, width = top_idx.shape
     n_items = relevant.shape[1]
     if relevant.shape[0] != n_users:
@@ -96,28 +139,12 @@ def ranking_metrics(
     if top_idx.size and top_idx.max() >= n_items:
         raise ValueError(f"top_idx holds item {top_idx.max()}, relevant has {n_items} items")
 
-    valid = top_idx >= 0
-    actual = np.diff(relevant.indptr)
-    evaluated = (actual > 0) & valid.any(axis=1)
-    # One sorted key per (user, item) turns per-user set membership into one searchsorted.
-    rel_keys = np.repeat(np.arange(n_users, dtype=np.int64), actual) * n_items + relevant.indices
-    keys = np.arange(n_users, dtype=np.int64)[:, None] * n_items + top_idx
-    pos = np.minimum(np.searchsorted(rel_keys, keys), max(len(rel_keys) - 1, 0))
-    hit = valid & (rel_keys[pos] == keys) if len(rel_keys) else np.zeros_like(valid)
-
+    hit, actual = hit_matrix(top_idx, relevant)
+    evaluated = (actual > 0) & (top_idx >= 0).any(axis=1)
     result: dict[int, dict[str, float]] = {}
     for k in k_values:
-        h = hit[evaluated, :k].astype(np.float64)
-        ranks = np.arange(1, k + 1)
-        result[k] = user_metrics(
-            h.sum(axis=1),
-            actual[evaluated],
-            (h / np.log2(ranks + 1.0)).sum(axis=1),
-            (np.cumsum(h, axis=1) / ranks * h).sum(axis=1),
-            k,
-        )
+        result[k] = hits_metrics(hit[evaluated, :k], actual[evaluated], k)
         if "coverage" in metrics:
             total = n_items if num_items is None else num_items
-            shown = np.unique(top_idx[:, :k][valid[:, :k]])
-            result[k]["coverage"] = len(shown) / total if total else 0.0
+            result[k]["coverage"] = coverage(top_idx[:, :k], total)
     return {f"{m}@{k}": result[k][m] for m in metrics for k in k_values}

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from twotower_utils.config import DISTRIBUTION_STRATEGIES, Config, load_config, parse_overrides
+from twotower_utils.evaluation.protocol import evaluation_protocol
 from twotower_utils.model.training import evaluate_ranking, make_optimizer
 from twotower_utils.model.two_tower import build_model
 
@@ -158,8 +159,8 @@ def train_distributed(data, config: Config, strategy: tf.distribute.Strategy | s
 
     train_users = data.train["user_idx"].to_numpy().astype(np.int32)
     train_items = data.train["item_idx"].to_numpy().astype(np.int32)
-    validation, exclude = data.interactions("validation"), data.history
-    candidates = np.asarray(exclude.sum(axis=0)).ravel() > 0
+    protocol = evaluation_protocol(data, "validation")
+    validation, exclude, candidates = protocol.relevant, protocol.exclude, protocol.candidates
     metric = train.early_stopping_metric
     k_values = sorted({10, int(metric.split("@")[1])})
     history, best, best_epoch, best_weights, wait = [], -np.inf, 0, None, 0

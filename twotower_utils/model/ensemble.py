@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from twotower_utils.config import SINGLE_MEMBER, Config
 from twotower_utils.evaluation.metrics import ranking_metrics, top_k_scores
+from twotower_utils.evaluation.protocol import scored_users
 
 __all__ = ["MEMBER_SEED_STRIDE", "MemberSettings", "MemberStopping", "member_config",
            "member_metrics", "member_settings", "member_variables", "read_member",
@@ -130,7 +131,7 @@ def member_metrics(model, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
     `candidates`: recommendable)."""
     name, k = metric.split("@")[0], int(metric.split("@")[1])
     relevant = sp.csr_matrix(relevant)
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    users = scored_users(relevant)
     user_vec, item_vec = model.user_embeddings(users), model.item_embeddings()
     width = user_vec.shape[1] // model.members
     values = {}

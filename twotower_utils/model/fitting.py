@@ -21,23 +21,25 @@ import pandas as pd
 import tensorflow as tf
 
 from twotower_utils.config import Config
+from twotower_utils.evaluation.protocol import EvaluationProtocol, evaluation_protocol
 from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, member_config, member_metrics
 from twotower_utils.model.training import Trainer
 from twotower_utils.model.two_tower import TwoTowerModel, build_model
 
 __all__ = ["MEMBER_SEED_STRIDE", "early_stop", "ensemble_summary", "join_members",
-           "member_config", "refit", "train_and_refit", "validation_candidates"]
+           "member_config", "refit", "train_and_refit", "validation_candidates",
+           "validation_protocol"]
 
 
 def early_stop(system, model, config: Config, name: str, resume: bool, callbacks=()):
     """Train `model` on the training split with early stopping on validation; returns
     the `TrainingResult` (the model keeps its best weights, each member its own)."""
-    data = system.data
+    data, protocol = system.data, validation_protocol(system)
     trainer = Trainer(
         model, config, data.train["user_idx"].to_numpy(),
-        data.train["item_idx"].to_numpy(), data.interactions("validation"), data.history,
+        data.train["item_idx"].to_numpy(), protocol.relevant, protocol.exclude,
         checkpoint_dir=config.path("models_dir") / ".checkpoints" / name,
-        candidates=validation_candidates(system), log_dir=config.path("logs_dir") / name,
+        candidates=protocol.candidates, log_dir=config.path("logs_dir") / name,
         log=system.log)
     return trainer.fit(resume=resume, callbacks=callbacks)
 
@@ -80,22 +82,26 @@ def refit(system, config: Config, epochs: int, name: str, resume: bool,
     return model, trainer.fit(resume=resume).seconds
 
 
+def validation_protocol(system) -> EvaluationProtocol:
+    """The validation split's `evaluation_protocol` for `system`'s data and split method:
+    for the cold-items split (whose validation items are unseen in training too) the
+    validation items are ranked among themselves, as the cold-item evaluation ranks among
+    the cold test items; otherwise among the items seen in training."""
+    return evaluation_protocol(system.data, "validation",
+                               cold_items=system.config.data.split.method == "cold_items")
+
+
 def validation_candidates(system) -> np.ndarray:
-    """Items ranked on validation: those seen in training, or, for the cold-items split
-    (whose validation items are unseen in training too), the validation items, as the
-    cold-item evaluation ranks among the cold test items."""
-    data = system.data
-    seen = data.interactions("validation" if system.config.data.split.method == "cold_items"
-                             else "train")
-    return np.asarray(seen.sum(axis=0)).ravel() > 0
+    """Bool `[num_items]` of the items ranked on validation (`validation_protocol`'s)."""
+    return validation_protocol(system).candidates
 
 
 def ensemble_summary(system, result, model) -> dict:
     """Each member's validation metric in the early-stopped ensemble `model` (its slice of
     the embeddings alone) beside the ensemble's own (`result.best_metric`)."""
-    data, metric = system.data, result.metric
-    values = list(member_metrics(model, data.history, data.interactions("validation"),
-                                 validation_candidates(system), metric).values())
+    protocol, metric = validation_protocol(system), result.metric
+    values = list(member_metrics(model, protocol.exclude, protocol.relevant,
+                                 protocol.candidates, metric).values())
     system.log(f"ensemble of {model.members}: validation {metric} {result.best_metric:.4f} "
                "(members alone " + ", ".join(f"{v:.4f}" for v in values) + ")")
     return {f"member_val_{metric}": values, f"ensemble_val_{metric}": result.best_metric}

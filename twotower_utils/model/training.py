@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from twotower_utils.config import Config
 from twotower_utils.evaluation.metrics import ranking_metrics, top_k_scores
+from twotower_utils.evaluation.protocol import scored_users, seen_items
 from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, MemberStopping, member_metrics
 from twotower_utils.model.resume import ResumeError, check_resumable, training_settings
 
@@ -100,7 +101,7 @@ def evaluate_ranking(model, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
         `{"ndcg@10": ..., ...}`.
     """
     relevant = sp.csr_matrix(relevant)
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    users = scored_users(relevant)
     user_vec = model.user_embeddings(users, history)
     item_vec = model.item_embeddings()
     top_idx, _ = top_k_scores(user_vec, item_vec, max(k_values),
@@ -119,8 +120,10 @@ class Trainer:
         validation: csr `[num_users, num_items]` of validation positives (early stopping);
             None trains exactly `training.epochs` epochs with no validation (a refit), and
             the last epoch counts as the best.
-        exclude: csr of the training positives (never recommended during validation).
-        candidates: bool `[num_items]` of recommendable items (default: items in `exclude`).
+        exclude: csr of the training positives (never recommended during validation): the
+            validation protocol's `exclude` (`evaluation.protocol`).
+        candidates: bool `[num_items]` of recommendable items (default: items in `exclude`,
+            the protocol's rule; pass the protocol's `candidates` for a cold-items split).
         checkpoint_dir: where checkpoints, the best weights and the epoch log go.
         log_dir: TensorBoard directory (None: no TensorBoard logs).
         log: where the one-line-per-epoch progress goes (None: silent).
@@ -140,8 +143,8 @@ class Trainer:
                              f"arrays, got shapes {self.users.shape} and {self.items.shape}")
         self.validation = None if validation is None else sp.csr_matrix(validation)
         self.exclude = sp.csr_matrix(exclude)
-        self.candidates = (np.asarray(self.exclude.sum(axis=0)).ravel() > 0
-                           if candidates is None else np.asarray(candidates, dtype=bool))
+        self.candidates = (seen_items(self.exclude) if candidates is None
+                           else np.asarray(candidates, dtype=bool))
         self.metric = config.training.early_stopping_metric
         self.k_values = sorted({10, int(self.metric.split("@")[1])})
         self.checkpoint_dir = Path(checkpoint_dir)

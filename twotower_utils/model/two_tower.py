@@ -42,6 +42,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from twotower_utils.config import Config
+from twotower_utils.data.processed import ID_FEATURE
 from twotower_utils.model import losses
 from twotower_utils.model.ensemble import member_settings
 from twotower_utils.model.explicit_negatives import ExplicitNegatives
@@ -51,7 +52,6 @@ from twotower_utils.model.towers import CheckpointedDropout, Tower, feature_dim
 __all__ = ["MODEL_DEFAULTS", "CheckpointedDropout", "Tower", "TwoTowerModel", "build_model",
            "feature_dim", "ragged_rows"]
 
-ID_FEATURE = "__id__"  # per-side table: index -> id-embedding row (0 when unseen in training)
 MODEL_DEFAULTS = {
     # Users are described by their history and features; a free id vector mostly overfits.
     "use_user_id": False,

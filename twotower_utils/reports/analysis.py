@@ -5,9 +5,10 @@ row = user index, -1 = empty slot, as `twotower_utils.evaluation.topk` returns t
 matrices (row = index) and a `ProcessedData`, so the model, the baselines and any future
 model are analysed the same way.
 
-The test protocol: the "training part" is train + validation; each user's
-training-part items are never recommended; candidates are the items seen in the training
-part; users are scored against their test items.
+The test protocol is `twotower_utils.evaluation.protocol`'s (`EvalProtocol` wraps it): the
+"training part" is train + validation; each user's training-part items are never
+recommended; candidates are the items seen in the training part; users are scored against
+their test items.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from twotower_utils.evaluation.baselines import (
     tune_ease,
     tune_item_knn,
 )
+from twotower_utils.evaluation.protocol import evaluation_protocol, scored_users
 from twotower_utils.evaluation.ranking import ranking_metrics
 from twotower_utils.evaluation.topk import top_k_from_scores, top_k_scores
 
@@ -50,19 +52,18 @@ __all__ = ["EvalProtocol", "baseline_top_lists", "metric_table", "item_popularit
 class EvalProtocol:
     """What the test evaluation needs: `exclude` and `relevant` csr `[U, I]`, `candidates`.
 
-    `exclude` holds the training-part (train + validation) positives, `candidates` the items
-    seen there, `relevant` the test positives, `users` the user indices with test items and
-    `depth` the list length to compute (the largest of `k_values` and 10, the cut-off of the
+    The test split's `evaluation.protocol.evaluation_protocol`: `exclude` holds the
+    training-part (train + validation) positives, `candidates` the items seen there,
+    `relevant` the test positives, `users` the user indices with test items; plus `depth`,
+    the list length to compute (the largest of `k_values` and 10, the cut-off of the
     breakdowns).
     """
 
     def __init__(self, data: ProcessedData, k_values: Sequence[int] = (10,)):
         self.depth = max(*k_values, 10)
-        self.exclude = (data.interactions("train") + data.interactions("validation")).tocsr()
-        self.exclude.data[:] = 1.0
-        self.candidates = np.asarray(self.exclude.sum(axis=0)).ravel() > 0
-        self.relevant = data.interactions("test")
-        self.users = np.flatnonzero(np.diff(self.relevant.indptr) > 0)
+        protocol = evaluation_protocol(data, "test")
+        self.exclude, self.candidates = protocol.exclude, protocol.candidates
+        self.relevant, self.users = protocol.relevant, protocol.users
 
 
 def _full_rows(top_idx: np.ndarray, users: np.ndarray, num_users: int) -> np.ndarray:
@@ -173,7 +174,7 @@ def metrics_by_user_bucket(top_lists: Mapping[str, np.ndarray], relevant: sp.csr
     cut-off. Returns a long frame: `bucket` (training interactions, e.g. "21–45"), `model`,
     `users` and one column per metric.
     """
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    users = scored_users(relevant)
     bucket, labels, _ = _quantile_buckets(activity[users].astype(float), n_buckets)
     rows = []
     for b, label in enumerate(labels):
@@ -253,7 +254,7 @@ def add_item_names(frame: pd.DataFrame, items: pd.DataFrame, column: str = "titl
 
 def pick_example_users(relevant: sp.csr_matrix, activity: np.ndarray, n: int = 3) -> np.ndarray:
     """`n` test users spread over activity: the lightest, ..., the heaviest (by quantile)."""
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    users = scored_users(relevant)
     order = users[np.argsort(activity[users], kind="stable")]
     picks = np.linspace(0.1, 0.9, n) if n > 1 else [0.5]
     return np.unique(order[[int(q * (len(order) - 1)) for q in picks]])

@@ -32,13 +32,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from twotower_utils.data.processed import ID_FEATURE
 from twotower_utils.io import write_json
 from twotower_utils.serving.indexes import INDEXES, apply_scann_params, default_scann_params
 from twotower_utils.serving.run import ServingRun, serving_settings
 
 __all__ = ["RawUserEncoder", "export_recommender", "export_tower", "raw_feature_signature"]
-
-ID_FEATURE = "__id__"
 
 
 def raw_feature_signature(specs: list[dict[str, Any]]) -> dict[str, tf.TensorSpec]:
