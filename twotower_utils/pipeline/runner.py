@@ -8,8 +8,8 @@
 
 Parameters: `-p KEY VALUE` (VALUE read by `config.parse_value`: JSON, else YAML, else the
 text) and the keys of a YAML file. UPPER_CASE keys are notebook parameters (FAST, or one a
-notebook declares in its `parameters` cell); any other key is a config override (dotted path, e.g. training.epochs),
-validated against config.json before any notebook starts. Each run writes, under
+notebook declares in its `parameters` cell); any other key is a config override (dotted
+path, e.g. training.epochs), validated against config.json before any notebook starts. Each run writes, under
 `reports/<run_id>/`: the executed notebooks, `<notebook>.html` (full) and
 `<notebook>.noinput.html` (no code, for sharing), `results/*.json` (what the notebooks
 recorded), `summary.json` and `kernel.log` (the kernel processes' own start-up and shutdown
