@@ -6,17 +6,16 @@
     python -m twotower_utils.pipeline --from-stage evaluation   # re-run 04 and 05 of the last run
     python -m twotower_utils.pipeline --install-kernel          # register the kernel for Jupyter
 
-Parameters: `-p KEY VALUE` (VALUE read by `config.parse_value`: JSON, else YAML, else the
-text) and the keys of a YAML file. UPPER_CASE keys are notebook parameters (FAST, or one a
-notebook declares in its `parameters` cell); any other key is a config override (dotted
-path, e.g. training.epochs), validated against config.json before any notebook starts. Each run writes, under
-`reports/<run_id>/`: the executed notebooks, `<notebook>.html` (full) and
+Parameters: `-p KEY VALUE` (VALUE read by `config.parse_value`: JSON, else YAML, else the text)
+and the keys of a YAML file. UPPER_CASE keys are notebook parameters (FAST, or one a notebook
+declares in its `parameters` cell); any other key is a config override (dotted path, e.g.
+training.epochs), validated against config.json before any notebook starts. Each run writes,
+under `reports/<run_id>/`: the executed notebooks, `<notebook>.html` (full) and
 `<notebook>.noinput.html` (no code, for sharing), `results/*.json` (what the notebooks
 recorded), `summary.json` and `kernel.log` (the kernel processes' own start-up and shutdown
-messages, kept out of the terminal); then `reports/index.html` is rebuilt. A failing cell stops the
-run: the notebook, cell and error are printed, the executed notebook is kept, and the exit
-status is 1.
-"""
+messages, kept out of the terminal); then `reports/index.html` is rebuilt. A failing cell stops
+the run: the notebook, cell and error are printed, the executed notebook is kept, and the exit
+status is 1. """
 
 from __future__ import annotations
 
