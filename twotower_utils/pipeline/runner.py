@@ -15,7 +15,8 @@ under `reports/<run_id>/`: the executed notebooks, `<notebook>.html` (full) and
 recorded), `summary.json` and `kernel.log` (the kernel processes' own start-up and shutdown
 messages, kept out of the terminal); then `reports/index.html` is rebuilt. A failing cell stops
 the run: the notebook, cell and error are printed, the executed notebook is kept, and the exit
-status is 1. """
+status is 1.
+"""
 
 from __future__ import annotations
 
