@@ -22,7 +22,7 @@ from twotower_utils.config import (
 )
 from twotower_utils.typed_config import ConfigError
 
-__all__ = ["MEMBER_OVERRIDABLE", "TRIAL_OVERRIDABLE", "cross_checks", "flat_trial",
+__all__ = ["MEMBER_OVERRIDABLE", "TRIAL_OVERRIDABLE", "cross_checks", "flatten_overrides",
            "label_problems", "member_problems", "trial_config", "trial_problems"]
 
 
@@ -44,7 +44,7 @@ def member_problems(config: Config, known: list[str]) -> list[str]:
     problems = []
     for index, overrides in enumerate(model.ensemble_member_overrides):
         where = f"model.ensemble_member_overrides[{index}]"
-        flat = _flatten(overrides)
+        flat = flatten_overrides(overrides)
         bad = sorted(key for key in flat
                      if key in ("training.seed", "training.refit_with_validation")
                      or not key.startswith(MEMBER_OVERRIDABLE))
@@ -61,11 +61,13 @@ def member_problems(config: Config, known: list[str]) -> list[str]:
     return problems
 
 
-def _flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Overrides with dotted keys: nested sections are unfolded (`{"model": {"a": 1}}` ->
+    `{"model.a": 1}`), leaf dicts such as feature declarations are kept whole."""
     out = {}
     for key, value in overrides.items():
         if isinstance(value, dict) and is_section(value):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_overrides(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -169,24 +171,13 @@ TRIAL_FIXED = ("training.tune", "training.seed", "training.refit_with_validation
                "model.use_user_features", "model.use_item_features")
 
 
-def flat_trial(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A trial's overrides with dotted keys (`{"model": {"a": 1}}` -> `{"model.a": 1}`)."""
-    out = {}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and prefix + key in ("model", "training"):
-            out.update(flat_trial(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def trial_problems(config: Config) -> list[str]:
     """Problems of `training.tune.trials`: keys a trial may not change, and values the
     configuration would refuse (each named `training.tune.trials[i]`)."""
     problems = []
     for index, trial in enumerate(config.training.tune.trials):
         where = f"training.tune.trials[{index}]"
-        flat = flat_trial(trial)
+        flat = flatten_overrides(trial)
         bad = sorted(key for key in flat if not key.startswith(TRIAL_OVERRIDABLE)
                      or key.startswith(TRIAL_FIXED))
         if bad:
@@ -203,5 +194,5 @@ def trial_problems(config: Config) -> list[str]:
 
 def trial_config(config: Config, trial: dict[str, Any]) -> Config:
     """`config` with one trial's overrides applied (and no tuning of its own)."""
-    return config.with_overrides({**flat_trial(trial), "training.tune.enabled": False,
+    return config.with_overrides({**flatten_overrides(trial), "training.tune.enabled": False,
                                   "training.tune.trials": []})

@@ -136,7 +136,7 @@ def train_distributed(data, config: Config, strategy: tf.distribute.Strategy | s
     epochs = train.epochs if epochs is None else int(epochs)
     with strategy.scope():
         model = build_model(data, config)
-        optimizer = make_optimizer(config, -(-len(data.train) // train.batch_size))
+        optimizer = make_optimizer(config, len(data.train))
         # Slots must exist, mirrored, before the first step traces.
         optimizer._create_all_weights(model.trainable_variables)
     replicas = strategy.num_replicas_in_sync

@@ -211,7 +211,9 @@ class MemberStopping:
 
     def exhausted(self) -> bool:
         """Has every member gone `patience` epochs without improving?"""
-        return not self.active(0).any() if self.member_epochs is None else False
+        if self.member_epochs is not None:
+            return False  # a refit runs its epochs
+        return bool((self.state["member_wait"].numpy() >= self.patience).all())
 
     def assemble(self) -> None:
         """Write each member's snapshot (if it has one) into its place in the model."""

@@ -41,6 +41,7 @@ from twotower_utils.model.resume import ResumeError, check_resumable, training_s
 __all__ = ["ResumeError", "Trainer", "TrainingResult", "check_resumable",
            "evaluate_ranking", "make_optimizer", "training_settings"]
 
+
 @dataclass
 class TrainingResult:
     """What a `Trainer.fit` call did.
@@ -66,14 +67,16 @@ class TrainingResult:
         return asdict(self)
 
 
-def make_optimizer(config: Config, steps_per_epoch: int | None = None
+def make_optimizer(config: Config, num_pairs: int | None = None
                    ) -> tf.keras.optimizers.Optimizer:
     """Adam with the configured exponential learning-rate decay (smooth, not staircase):
-    by `training.learning_rate_decay_factor` every `learning_rate_decay_epochs` epochs of
-    `steps_per_epoch` steps when both are set, else every `learning_rate_decay_steps`."""
+    by `training.learning_rate_decay_factor` every `learning_rate_decay_epochs` epochs (of
+    `num_pairs` training pairs in batches of `training.batch_size`) when both are set, else
+    every `learning_rate_decay_steps` steps."""
     train = config.training
     decay_steps = train.learning_rate_decay_steps
-    if train.learning_rate_decay_epochs is not None and steps_per_epoch:
+    if train.learning_rate_decay_epochs is not None and num_pairs:
+        steps_per_epoch = -(-int(num_pairs) // train.batch_size)
         decay_steps = train.learning_rate_decay_epochs * steps_per_epoch
     schedule = tf.keras.optimizers.schedules.ExponentialDecay(
         train.learning_rate, decay_steps, train.learning_rate_decay_factor)
@@ -149,7 +152,7 @@ class Trainer:
         self.k_values = sorted({10, int(self.metric.split("@")[1])})
         self.checkpoint_dir = Path(checkpoint_dir)
         self.log_dir = Path(log_dir) if log_dir is not None else None
-        self.optimizer = make_optimizer(config, -(-len(self.users) // config.training.batch_size))
+        self.optimizer = make_optimizer(config, len(self.users))
         model.compile(optimizer=self.optimizer)
         self.state = {
             "epoch": tf.Variable(0, dtype=tf.int64, trainable=False),

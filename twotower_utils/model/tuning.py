@@ -25,14 +25,15 @@ from typing import Any
 
 import pandas as pd
 
-from twotower_utils.config_checks import flat_trial, trial_config
+from twotower_utils.config_checks import flatten_overrides, trial_config
 
 __all__ = ["TuningResult", "describe", "plot_trials", "trials_table", "tune"]
 
 
 def describe(trial: dict[str, Any], width: int = 200) -> str:
     """One line naming a trial's overrides ("as configured" for none), cut to `width`."""
-    text = ", ".join(f"{key} = {json.dumps(value)}" for key, value in flat_trial(trial).items())
+    text = ", ".join(f"{key} = {json.dumps(value)}"
+                     for key, value in flatten_overrides(trial).items())
     text = text or "as configured"
     return text if len(text) <= width else text[:width - 3] + "..."
 
@@ -66,7 +67,8 @@ def tune(system, name: str, callbacks=()):
 
     config = system.config
     settings = config.training.tune
-    candidates = [{}] + [dict(trial) for trial in settings.trials]
+    # Dotted keys once, for the log, the table and the winner's configuration.
+    candidates = [{}] + [flatten_overrides(trial) for trial in settings.trials]
     metric = config.training.early_stopping_metric
     rows, best = [], None
     started = time.perf_counter()
@@ -82,7 +84,7 @@ def tune(system, name: str, callbacks=()):
         model = build_model(system.data, own)
         result = early_stop(system, model, own, f"{name}-trial-{index}", resume=False,
                             callbacks=callbacks)
-        rows.append({"trial": index, "overrides": flat_trial(trial),
+        rows.append({"trial": index, "overrides": trial,
                      f"val_{metric}": result.best_metric,
                      "best_epoch": result.best_epoch,
                      "member_best_epochs": result.extra.get("member_best_epochs"),
@@ -92,11 +94,11 @@ def tune(system, name: str, callbacks=()):
     table = pd.DataFrame(rows)
     index, trial, result, model = best
     # The run goes on with the winner's settings (its tuning section kept as configured).
-    own = config.with_overrides(flat_trial(trial))
+    own = config.with_overrides(trial)
     system.log(f"tuning: trial {index} wins with validation {metric} {result.best_metric:.4f} "
                f"({len(rows)} trial(s), {time.perf_counter() - started:.0f} s)")
-    outcome = TuningResult(trials=table, winner=index, overrides=flat_trial(candidates[index]),
-                           metric=metric, skipped=len(candidates) - len(rows))
+    outcome = TuningResult(trials=table, winner=index, overrides=trial, metric=metric,
+                           skipped=len(candidates) - len(rows))
     return outcome, own, result, model
 
 
