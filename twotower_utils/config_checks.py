@@ -46,7 +46,7 @@ def member_problems(config: Config, known: list[str]) -> list[str]:
         where = f"model.ensemble_member_overrides[{index}]"
         flat = flatten_overrides(overrides)
         bad = sorted(key for key in flat
-                     if key in ("training.seed", "training.refit_with_validation")
+                     if key in ("training.seed",) or key.startswith("training.refit")
                      or not key.startswith(MEMBER_OVERRIDABLE))
         if bad:
             problems.append(f"{where}: {', '.join(bad)} cannot differ between members; "
@@ -167,6 +167,7 @@ def label_problems(data: DataConfig) -> list[str]:
 TRIAL_OVERRIDABLE = ("model.", "training.")
 # Keys under TRIAL_OVERRIDABLE that must stay as configured.
 TRIAL_FIXED = ("training.tune", "training.seed", "training.refit_with_validation",
+               "training.refit_from", "training.refit_epochs", "training.refit_learning_rate",
                "training.distribution_strategy", "training.early_stopping_metric",
                "model.use_user_features", "model.use_item_features")
 

@@ -324,7 +324,8 @@ def test_refit_trains_afresh_on_train_and_validation_for_the_best_epoch_count(
     lines = []
     refit = TwoTowerRecallSystem(
         project_root / "config.json",
-        small_overrides(workdir, **{"training.refit_with_validation": True}),
+        small_overrides(workdir, **{"training.refit_with_validation": True,
+                                    "training.refit_from": "scratch"}),
         run_id="refit", log=lines.append)
     data = refit.prepare_data(reuse=True)
     result = refit.train_model(save=False)
@@ -340,6 +341,37 @@ def test_refit_trains_afresh_on_train_and_validation_for_the_best_epoch_count(
     with pytest.raises(ValueError, match="refitted on train"):
         refit.evaluate_model(split="validation")
     assert refit.evaluate_model(k_values=[10])["ndcg@10"] > 0
+
+
+def test_refit_continues_the_early_stopped_model_on_train_and_validation(
+        system, project_root, workdir):
+    from twotower_utils.system import TwoTowerRecallSystem
+
+    def refit_system(run_id, learning_rate):
+        lines = []
+        refit = TwoTowerRecallSystem(project_root / "config.json", small_overrides(workdir, **{
+            "training.refit_with_validation": True, "training.refit_epochs": 2,
+            "training.refit_learning_rate": learning_rate}), run_id=run_id, log=lines.append)
+        refit.prepare_data(reuse=True)
+        return refit, refit.train_model(save=False), lines
+
+    # A vanishing learning rate leaves the weights where early stopping left them: the
+    # refit starts from them, not from a fresh initialisation.
+    still, result, lines = refit_system("refit-still", 1e-12)
+    assert result.best_epoch == system.training_result.best_epoch
+    assert result.extra["refit_epochs"] == 2 and result.extra["refit_from"] == "early_stopped"
+    assert any("from the early-stopped weights" in line for line in lines)
+    early = [v.numpy() for v in system.model.trainable_variables]
+    for refitted, before in zip(still.model.trainable_variables, early):
+        np.testing.assert_allclose(refitted.numpy(), before, atol=1e-6)
+    moved, _, _ = refit_system("refit-moved", 0.005)
+    assert any(not np.allclose(after.numpy(), before)
+               for after, before in zip(moved.model.trainable_variables, early))
+    # It trained on train + validation: every such pair is a positive of its sampler.
+    data = moved.data
+    users, items = (data.interactions("train") + data.interactions("validation")).nonzero()
+    assert moved.model.sampler.is_positive(tf.constant(users), tf.constant(items)).numpy().all()
+    assert moved.refitted
 
 
 def test_cold_items_split_validates_among_the_cold_validation_items(project_root, tmp_path):

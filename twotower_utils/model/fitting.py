@@ -1,13 +1,19 @@
 """How `TwoTowerRecallSystem.train_model` trains: early stopping, then one refit.
 
 `train_and_refit` early-stops one model on validation and, with
-`training.refit_with_validation`, trains a fresh one on train + validation for the best epoch
-count (`refit`): two trainings, whatever `model.ensemble_size` is. An ensemble is one model
+`training.refit_with_validation`, trains it on train + validation too (`refit`): whatever
+`model.ensemble_size` is, one early-stopping run and one refit. An ensemble is one model
 whose K members train side by side in every step, each on its own batch order with its own
 negatives, dropout and overrides (see `ensemble` and `training.Trainer`); each member is
-early-stopped on its own validation score and keeps its best epoch's weights, and the refit
-trains them all for the longest of those epoch counts, taking member m's weights at its own
-(`ensemble.MemberStopping`).
+early-stopped on its own validation score and keeps its best epoch's weights.
+
+The refit (`training.refit_from`) either continues the early-stopped model on train +
+validation for `training.refit_epochs` epochs at the constant `training.refit_learning_rate`
+("early_stopped", the default), or trains a fresh model for the early-stopped epoch count,
+taking member m's weights at its own (`ensemble.MemberStopping`) ("scratch"). Continuing
+costs two epochs instead of a second training and scored higher on validation in the
+benchmarks (benchmarks/README.md: the choice was made with a holdout carved out of the
+training split standing in for validation, and validation standing in for test).
 `ensemble_summary` adds each member's own validation metric. `join_members` writes trained
 single-member models into one K-member model (members trained elsewhere can be joined).
 """
@@ -49,30 +55,52 @@ def train_and_refit(system, model, config: Config, name: str, resume: bool, call
     """Early-stop `model` on validation (unless `result` says it already was), then refit
     if configured.
 
-    Returns `(result, early-stopped model, final model)`; the final model is a fresh
-    one trained on train + validation when `training.refit_with_validation` is set.
+    Returns `(result, early-stopped model, final model)`; the final model is the refit on
+    train + validation (`refit`, as `training.refit_from` says) when
+    `training.refit_with_validation` is set.
     """
     if result is None:
         result = early_stop(system, model, config, name, resume, callbacks)
     if not (config.training.refit_with_validation and result.best_epoch):
         return result, model, model
-    refitted, seconds = refit(system, config, result.best_epoch, name, resume,
-                              result.extra.get("member_best_epochs"))
-    result.extra.update(refit_epochs=result.best_epoch, refit_seconds=seconds)
+    train = config.training
+    continuing = train.refit_from == "early_stopped"
+    epochs = train.refit_epochs if continuing else result.best_epoch
+    refitted, seconds = refit(system, config, epochs, name, resume,
+                              None if continuing else result.extra.get("member_best_epochs"),
+                              start=model if continuing else None)
+    result.extra.update(refit_epochs=epochs, refit_seconds=seconds,
+                        refit_from=train.refit_from)
     return result, model, refitted
 
 
 def refit(system, config: Config, epochs: int, name: str, resume: bool,
-          member_epochs: list[int] | None = None):
-    """A fresh model trained on train + validation for `epochs` (an ensemble's member m
-    taken at `member_epochs[m]`); returns it and the seconds it took."""
+          member_epochs: list[int] | None = None, start: TwoTowerModel | None = None):
+    """A model trained on train + validation for `epochs`; returns it and the seconds the
+    training took.
+
+    From `start`'s weights (an early-stopped model) at the constant
+    `training.refit_learning_rate` when `start` is given; else a fresh model on the
+    configured schedule, an ensemble's member m taken at `member_epochs[m]`.
+    """
     data = system.data
     both = pd.concat([data.train, data.validation], ignore_index=True)
     refit_data = replace(data, train=both, validation=data.validation.iloc[:0],
                          history=system._serving_history)
-    config = replace(config, training=replace(config.training, epochs=epochs))
-    system.log(f"refitting on train + validation ({len(both):,} pairs) for {epochs} epochs")
+    schedule = {"epochs": epochs}
+    if start is not None:
+        schedule.update(learning_rate=config.training.refit_learning_rate,
+                        learning_rate_decay_factor=1.0)
+        member_epochs = None  # every member continues for `epochs`
+    config = replace(config, training=replace(config.training, **schedule))
+    system.log(f"refitting on train + validation ({len(both):,} pairs) for {epochs} epochs"
+               + (" from the early-stopped weights at learning rate "
+                  f"{config.training.learning_rate:g}" if start is not None else ""))
     model = build_model(refit_data, config)
+    if start is not None:
+        # Same data shapes and configuration: the refit model's variables match one for one
+        # (its sampler and history tables are train + validation's, built above).
+        model.set_weights(start.get_weights())
     trainer = Trainer(
         model, config, both["user_idx"].to_numpy(), both["item_idx"].to_numpy(), None,
         system._serving_history,
