@@ -41,7 +41,7 @@ import scipy.sparse as sp
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from twotower_utils.config import Config
+from twotower_utils.config import Config, ModelConfig
 from twotower_utils.data.processed import ID_FEATURE
 from twotower_utils.model import losses
 from twotower_utils.model.ensemble import member_settings
@@ -52,14 +52,13 @@ from twotower_utils.model.towers import CheckpointedDropout, Tower, feature_dim
 __all__ = ["MODEL_DEFAULTS", "CheckpointedDropout", "Tower", "TwoTowerModel", "build_model",
            "feature_dim", "ragged_rows"]
 
-MODEL_DEFAULTS = {
-    # Users are described by their history and features; a free id vector mostly overfits.
-    "use_user_id": False,
-    # Share of a user's history left out of the pooled aggregate at each training step.
-    "history_dropout": 0.3,
-    # Also leave the positive being scored out of its own user's history.
-    "history_leave_one_out": False,
-}
+# The `model` keys `build_model(..., **options)` may override, with the configuration's
+# defaults (`ModelConfig`'s, which are config.json's): `use_user_id` (users are described by
+# their history and features; a free id vector mostly overfits), `history_dropout` (the share
+# of a user's history left out of the pooled aggregate at each training step) and
+# `history_leave_one_out` (also leave the scored positive out of its own user's history).
+MODEL_DEFAULTS = {key: ModelConfig.__dataclass_fields__[key].default
+                  for key in ("use_user_id", "history_dropout", "history_leave_one_out")}
 
 
 class TwoTowerModel(tfrs.models.Model):

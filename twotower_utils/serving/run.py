@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from twotower_utils.config import ServingConfig
 from twotower_utils.io import read_json, write_json
 from twotower_utils.serving.artifacts import check_run_dir, load_history
 from twotower_utils.serving.indexes import INDEXES, ScannParams, build_index
@@ -35,13 +36,10 @@ from twotower_utils.serving.indexes import INDEXES, ScannParams, build_index
 __all__ = ["SERVING_DEFAULTS", "ServingRun", "export_embeddings", "export_recommender",
            "main", "recommend_to_file", "serving_settings"]
 
-SERVING_DEFAULTS: dict[str, Any] = {
-    "index": "brute_force",
-    "top_k": 10,
-    "batch_chunk_size": 10_000,
-    # None = sized from the catalogue (indexes.default_scann_params).
-    "scann": {"num_leaves": None, "num_leaves_to_search": None, "reorder": 500},
-}
+# The configuration's `serving` section as shipped (`ServingConfig`'s defaults, which are
+# config.json's); a ScaNN size of None is sized from the catalogue
+# (`indexes.default_scann_params`).
+SERVING_DEFAULTS: dict[str, Any] = dataclasses.asdict(ServingConfig())
 
 
 def serving_settings(config: Any = None) -> dict[str, Any]:
