@@ -10,6 +10,11 @@ trains them all for the longest of those epoch counts, taking member m's weights
 (`ensemble.MemberStopping`).
 `ensemble_summary` adds each member's own validation metric. `join_members` writes trained
 single-member models into one K-member model (members trained elsewhere can be joined).
+
+Both trainings run under `system.strategy` (`training.distribution_strategy`; see
+`distributed`): the refit's model is built in its scope, and under any strategy but the
+default the final model handed back is an undistributed copy of the trained one (`plain_copy`),
+so evaluating, serving and saving it are no collectives and the chief can do them alone.
 """
 
 from __future__ import annotations
@@ -22,25 +27,27 @@ import tensorflow as tf
 
 from twotower_utils.config import Config
 from twotower_utils.evaluation.protocol import EvaluationProtocol, evaluation_protocol
+from twotower_utils.model.distributed import is_default
 from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, member_config, member_metrics
 from twotower_utils.model.training import Trainer
 from twotower_utils.model.two_tower import TwoTowerModel, build_model
 
 __all__ = ["MEMBER_SEED_STRIDE", "early_stop", "ensemble_summary", "join_members",
-           "member_config", "refit", "train_and_refit", "validation_candidates",
-           "validation_protocol"]
+           "member_config", "plain_copy", "refit", "refit_data", "train_and_refit",
+           "validation_candidates", "validation_protocol"]
 
 
 def early_stop(system, model, config: Config, name: str, resume: bool, callbacks=()):
-    """Train `model` on the training split with early stopping on validation; returns
-    the `TrainingResult` (the model keeps its best weights, each member its own)."""
+    """Train `model` (built in `system.strategy`'s scope) on the training split with early
+    stopping on validation, checkpointing to `models/.checkpoints/<name>/`; returns the
+    `TrainingResult` (the model keeps its best weights, each member its own)."""
     data, protocol = system.data, validation_protocol(system)
     trainer = Trainer(
         model, config, data.train["user_idx"].to_numpy(),
         data.train["item_idx"].to_numpy(), protocol.relevant, protocol.exclude,
         checkpoint_dir=config.path("models_dir") / ".checkpoints" / name,
         candidates=protocol.candidates, log_dir=config.path("logs_dir") / name,
-        log=system.log)
+        log=system.log, strategy=system.strategy)
     return trainer.fit(resume=resume, callbacks=callbacks)
 
 
@@ -50,35 +57,60 @@ def train_and_refit(system, model, config: Config, name: str, resume: bool, call
     if configured.
 
     Returns `(result, early-stopped model, final model)`; the final model is a fresh
-    one trained on train + validation when `training.refit_with_validation` is set.
+    one trained on train + validation when `training.refit_with_validation` is set, and
+    under a strategy other than the default an undistributed copy (`plain_copy`).
     """
     if result is None:
         result = early_stop(system, model, config, name, resume, callbacks)
     if not (config.training.refit_with_validation and result.best_epoch):
-        return result, model, model
+        return result, model, plain_copy(model, system.data, config, system.strategy)
     refitted, seconds = refit(system, config, result.best_epoch, name, resume,
                               result.extra.get("member_best_epochs"))
     result.extra.update(refit_epochs=result.best_epoch, refit_seconds=seconds)
-    return result, model, refitted
+    return result, model, plain_copy(refitted, refit_data(system), config, system.strategy)
+
+
+def plain_copy(model: TwoTowerModel, data, config: Config,
+               strategy: tf.distribute.Strategy) -> TwoTowerModel:
+    """`model` itself under the default strategy; else a model built outside every scope
+    for `data` and `config` (those `model` was built with) holding `model`'s weights.
+
+    Call it on every worker: reading the weights reads BatchNorm's sync-on-read statistics,
+    a collective."""
+    if is_default(strategy):
+        return model
+    weights = model.get_weights()
+    plain = build_model(data, config)
+    plain.set_weights(weights)
+    return plain
+
+
+def refit_data(system):
+    """`system.data` with train + validation as the training split and the serving history
+    (everything before the test split) as the history: what `refit` trains on."""
+    data = system.data
+    both = pd.concat([data.train, data.validation], ignore_index=True)
+    return replace(data, train=both, validation=data.validation.iloc[:0],
+                   history=system._serving_history)
 
 
 def refit(system, config: Config, epochs: int, name: str, resume: bool,
           member_epochs: list[int] | None = None):
-    """A fresh model trained on train + validation for `epochs` (an ensemble's member m
-    taken at `member_epochs[m]`); returns it and the seconds it took."""
-    data = system.data
-    both = pd.concat([data.train, data.validation], ignore_index=True)
-    refit_data = replace(data, train=both, validation=data.validation.iloc[:0],
-                         history=system._serving_history)
+    """A fresh model (built in `system.strategy`'s scope) trained on `refit_data` for
+    `epochs` (an ensemble's member m taken at `member_epochs[m]`), checkpointing to
+    `models/.checkpoints/<name>-refit/`; returns it and the seconds it took."""
+    data = refit_data(system)
+    both = data.train
     config = replace(config, training=replace(config.training, epochs=epochs))
     system.log(f"refitting on train + validation ({len(both):,} pairs) for {epochs} epochs")
-    model = build_model(refit_data, config)
+    with system.strategy.scope():
+        model = build_model(data, config)
     trainer = Trainer(
         model, config, both["user_idx"].to_numpy(), both["item_idx"].to_numpy(), None,
         system._serving_history,
         checkpoint_dir=config.path("models_dir") / ".checkpoints" / f"{name}-refit",
         log_dir=config.path("logs_dir") / name / "refit", log=system.log,
-        member_epochs=member_epochs)
+        member_epochs=member_epochs, strategy=system.strategy)
     return model, trainer.fit(resume=resume).seconds
 
 
