@@ -219,9 +219,9 @@ class Trainer:
         spec = tf.type_spec_from_value(self._distribute(np.zeros((self.members, 0), np.int32)))
         spec = spec.most_specific_common_supertype([tf.type_spec_from_value(
             self._distribute(np.zeros((self.members, self.replicas), np.int32)))])
+        self._replicated_states = replicated_generator_states(model)
         self._step = tf.function(self._train_step, input_signature=[
             spec, spec, tf.TensorSpec([self.members], tf.bool)])
-        self._replicated_states = replicated_generator_states(model)
 
     def _build_optimizer(self, model, config: Config) -> None:
         """The optimizer, compiled into `model`, with its slots (inside the strategy's scope,
@@ -234,7 +234,8 @@ class Trainer:
 
     def _distribute(self, batch: np.ndarray):
         """Replica r's even slice (along the batch axis) of a `[members, B]` batch, as the
-        distributed value `strategy.run` hands out (the batch itself for one replica)."""
+        distributed value `strategy.run` hands out (the batch itself under the default
+        strategy)."""
         if self._undistributed:
             return batch  # as before strategies: no per-step wrapping (about 20 us a call)
         parts = np.array_split(batch, self.replicas, axis=1)
