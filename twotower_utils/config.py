@@ -120,7 +120,8 @@ class TrainingConfig:
     refit_epochs: int = number(2, lo=1)
     refit_learning_rate: float = number(0.005, lo=0.0, lo_open=True)
     seed: int = number(42, lo=0)
-    # tf.distribute strategy of `python -m twotower_utils.model.distributed` (see docs/serving.md).
+    # The tf.distribute strategy training runs under: train_model, the notebooks and
+    # `python -m twotower_utils.model.distributed` (see docs/serving.md).
     distribution_strategy: str = choice(*DISTRIBUTION_STRATEGIES, default="default")
     tune: TuneConfig = field(default_factory=TuneConfig)
 

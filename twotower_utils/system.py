@@ -69,12 +69,15 @@ class TwoTowerRecallSystem:
             `<dataset>-<timestamp>`. Pass the same run_id with `train_model(resume=True)` to
             continue a killed run.
         log: where progress lines go (None: silent).
+        strategy: the `tf.distribute.Strategy` to train under (None: `make_strategy` of
+            `training.distribution_strategy`, see `model.distributed`).
     """
 
     def __init__(self, config_path: str | Path = "config.json",
                  overrides: dict[str, Any] | None = None, run_id: str | None = None,
-                 log=print):
+                 log=print, strategy=None):
         self.config: Config = load_config(config_path, overrides)
+        self._strategy = strategy
         self.run_id = check_run_id(run_id, "run_id") if run_id is not None else (
             f"{self.config.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         self.log = log or (lambda _line: None)
@@ -114,13 +117,23 @@ class TwoTowerRecallSystem:
         self._index = {}
         return self.data
 
+    @property
+    def strategy(self):
+        """The `tf.distribute.Strategy` training runs under (made once, from the config)."""
+        from twotower_utils.model.distributed import make_strategy
+
+        if getattr(self, "_strategy", None) is None:  # a loaded run has none yet
+            self._strategy = make_strategy(self.config.training.distribution_strategy)
+        return self._strategy
+
     def build_model(self):
-        """Build the two towers and the retrieval model for the prepared data."""
+        """Build the two towers and the retrieval model for the prepared data (in `strategy`)."""
         from twotower_utils.model.two_tower import build_model
 
         if self.data is None:
             self.prepare_data()
-        self.model = build_model(self.data, self.config)
+        with self.strategy.scope():
+            self.model = build_model(self.data, self.config)
         self._untrained = True
         self._user_vectors = self._item_vectors = None
         return self.model
@@ -140,6 +153,9 @@ class TwoTowerRecallSystem:
         and one refit takes each member at its own epoch count (`fitting.train_and_refit`).
         The result's `extra` then holds each member's own validation metric and the
         ensemble's (`ensemble_val_<metric>`).
+
+        Under `strategy` every worker calls this (validation is collective) and the chief
+        alone saves; the system then holds an undistributed copy (`fitting.plain_copy`).
         """
         from twotower_utils.model.fitting import ensemble_summary, train_and_refit
 
@@ -161,7 +177,7 @@ class TwoTowerRecallSystem:
                 ensemble_summary(self, self.training_result, early_stopped))
         self.refitted = self.config.training.refit_with_validation
         self._user_vectors = self._item_vectors = None
-        if save:
+        if save and self.strategy.extended.should_checkpoint:
             self.save()
         return self.training_result
 

@@ -1,6 +1,9 @@
-"""Training under tf.distribute: two MultiWorkerMirroredStrategy workers on 127.0.0.1 reach the
-quality of one process and end with identical weights; strategy selection and TF_CONFIG are
-validated.
+"""Training under tf.distribute, through the one training loop (`training.Trainer`): two
+MultiWorkerMirroredStrategy workers on 127.0.0.1 reach the quality of one process, end with
+identical weights, checkpoint apart (the chief in the run's directory) and resume a stopped run
+as if it never stopped; MirroredStrategy over two logical CPUs (in a fresh interpreter,
+`mirrored_run.py`) checkpoints, resumes and refits an ensemble exactly; strategy selection
+(also from `training.distribution_strategy`) and TF_CONFIG are validated.
 
 The workers talk to each other only through 127.0.0.1 addresses (free ports picked by the
 OS); note that TensorFlow's gRPC server itself listens on the wildcard address of that port,
@@ -12,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,6 +32,8 @@ from twotower_utils.data.preprocessing import DataPreprocessor, load_processed  
 
 TINY = {**SMALL_SYNTHETIC, "training.epochs": 8, "training.early_stopping_patience": 8}
 WORKER_TIMEOUT = 180  # seconds for the whole two-worker run (about 25 s on two idle cores)
+MIRRORED_TIMEOUT = 420  # seconds for mirrored_run.py's three trainings (about 60 s idle)
+HISTORY_KEYS = ("loss", "val_ndcg@10", "val_recall@10", "learning_rate")
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +59,11 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _run_workers(project_root, overrides, tmp_path, attempts: int = 2) -> list[dict]:
-    """Run the two workers; retried once if a port was taken between choosing and binding."""
+def _run_workers(project_root, overrides, tmp_path, extra=(), attempts: int = 2) -> list[dict]:
+    """Run the two workers (`extra`: more CLI arguments); retried once if a port was taken
+    between choosing and binding. Returns their summaries."""
     for attempt in range(attempts):
-        codes, outputs = _start_workers(project_root, overrides, tmp_path)
+        codes, outputs = _start_workers(project_root, overrides, tmp_path, extra)
         if any(code != 0 for code in codes) and attempt + 1 < attempts and any(
                 "gRPC server" in output for output in outputs):
             continue
@@ -66,7 +73,7 @@ def _run_workers(project_root, overrides, tmp_path, attempts: int = 2) -> list[d
     raise AssertionError("unreachable")
 
 
-def _start_workers(project_root, overrides, tmp_path) -> tuple[list[int], list[str]]:
+def _start_workers(project_root, overrides, tmp_path, extra) -> tuple[list[int], list[str]]:
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     params = [arg for key, value in overrides.items() for arg in ("-p", key, json.dumps(value))]
@@ -78,7 +85,8 @@ def _start_workers(project_root, overrides, tmp_path) -> tuple[list[int], list[s
             "TF_CPP_MIN_LOG_LEVEL": "2"}
         command = [sys.executable, "-m", "twotower_utils.model.distributed", "--config",
                    str(project_root / "config.json"), *params, "--strategy",
-                   "multi_worker_mirrored", "--timeout", "120", "--summary", str(summary)]
+                   "multi_worker_mirrored", "--timeout", "120", "--summary", str(summary),
+                   *extra]
         workers.append(subprocess.Popen(command, env=env, cwd=project_root, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     outputs = []
@@ -93,13 +101,38 @@ def _start_workers(project_root, overrides, tmp_path) -> tuple[list[int], list[s
     return [worker.returncode for worker in workers], outputs
 
 
-def test_two_workers_on_loopback_train_as_well_as_one_process(project_root, setup, tmp_path):
-    from twotower_utils.model.distributed import train_distributed
+def _train(project_root, overrides, run_id, strategy=None):
+    """One `TwoTowerRecallSystem.train_model` run: its replica count, strategy, history and
+    best metric."""
+    from twotower_utils.system import TwoTowerRecallSystem
 
+    system = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id=run_id,
+                                  log=None, strategy=strategy)
+    system.prepare_data(reuse=True)
+    result = system.train_model(save=False)
+    return SimpleNamespace(replicas=system.strategy.num_replicas_in_sync,
+                           strategy=system.strategy, history=result.history,
+                           best_metric=result.best_metric)
+
+
+def _history(records: list[dict]) -> list[float]:
+    """The epochs' losses, validation metrics and learning rates, flat."""
+    return [record[key] for record in records for key in HISTORY_KEYS]
+
+
+@pytest.fixture(scope="module")
+def loopback(project_root, setup, tmp_path_factory) -> list[dict]:
+    """The two workers' summaries of an uninterrupted run (run id "loopback")."""
+    return _run_workers(project_root, setup[0], tmp_path_factory.mktemp("loopback"),
+                        ["--run-id", "loopback"])
+
+
+def test_two_workers_on_loopback_train_as_well_as_one_process(project_root, setup, loopback):
     overrides, config, data = setup
-    single = train_distributed(data, config, "default", log=None)
+    single = _train(project_root, {**overrides, "training.distribution_strategy": "default"},
+                    "single")
     assert single.replicas == 1
-    first, second = _run_workers(project_root, overrides, tmp_path)
+    first, second = loopback
     assert first["replicas"] == second["replicas"] == 2
     assert first["workers"] == second["workers"] == 2
     # Synchronous data parallelism: both workers hold the same weights at the end.
@@ -109,19 +142,75 @@ def test_two_workers_on_loopback_train_as_well_as_one_process(project_root, setu
     # Same quality: the best validation nDCG@10 within 10% of the single-process run's.
     assert first["best_metric"] >= 0.9 * single.best_metric, (first, single.best_metric)
     assert single.best_metric > 0.25  # both are far above chance on the planted clusters
+    # The chief checkpoints to the run's directory, the other worker beside it.
+    checkpoints = config.path("models_dir") / ".checkpoints"
+    for directory in ("loopback", "loopback.worker-1"):
+        saved = json.loads((checkpoints / directory / "history.json").read_text())
+        assert _history(saved) == pytest.approx(_history(history), abs=1e-6)
+    assert (checkpoints / "loopback" / "config.json").is_file()
 
 
-def test_strategies_are_chosen_by_name_and_need_a_valid_tf_config(monkeypatch, setup):
-    from twotower_utils.model.distributed import (
-        cluster_spec,
-        is_chief,
-        make_strategy,
-        train_distributed,
-    )
+def test_two_workers_resume_a_stopped_run_as_if_it_never_stopped(project_root, setup,
+                                                                 loopback, tmp_path):
+    overrides = setup[0]
+    stopped = _run_workers(project_root, {**overrides, "training.epochs": 3}, tmp_path,
+                           ["--run-id", "loopback-resumed"])
+    assert [len(summary["history"]) for summary in stopped] == [3, 3]
+    resumed = _run_workers(project_root, overrides, tmp_path,
+                           ["--run-id", "loopback-resumed", "--resume"])
+    whole = loopback[0]
+    for summary in resumed:
+        assert summary["resumed_from"] == 3
+        assert _history(summary["history"]) == pytest.approx(_history(whole["history"]),
+                                                             abs=1e-6)
+        assert summary["best_epoch"] == whole["best_epoch"]
+        assert summary["weights_checksum"] == pytest.approx(whole["weights_checksum"],
+                                                            rel=1e-6)
+
+
+def test_mirrored_over_two_cpus_checkpoints_resumes_and_refits(project_root, setup, tmp_path):
+    overrides = {**setup[0], "paths.models_dir": str(tmp_path / "models"),
+                 "model.ensemble_size": 2, "training.epochs": 3,
+                 "training.refit_with_validation": True}
+    out = tmp_path / "mirrored.json"
+    run = subprocess.run(
+        [sys.executable, str(project_root / "tests" / "model" / "mirrored_run.py"), str(out),
+         str(project_root / "config.json"), json.dumps(overrides), "2"],
+        cwd=project_root, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=MIRRORED_TIMEOUT)
+    assert run.returncode == 0, run.stdout[-3000:]
+    report = json.loads(out.read_text())
+    whole, resumed = report["whole"], report["resumed"]
+    assert report["replicas"] == 2
+    assert len(whole["history"]) == 3
+    assert whole["history"][-1]["loss"] < whole["history"][0]["loss"]
+    # Checkpointed and refitted: the early-stopped run and its refit, each member at its epoch.
+    assert {"whole", "whole-refit", "killed", "killed-refit"} <= set(resumed["checkpoints"])
+    assert whole["extra"]["refit_epochs"] == whole["best_epoch"] >= 1
+    assert len(whole["extra"]["member_best_epochs"]) == 2
+    # Killed after epoch 2 and resumed: the same epochs, members, refit and final weights.
+    assert resumed["resumed_from"] == 2
+    assert _history(resumed["history"]) == pytest.approx(_history(whole["history"]), abs=1e-6)
+    for key in ("member_best_epochs", "refit_epochs"):
+        assert resumed["extra"][key] == whole["extra"][key]
+    assert resumed["extra"]["member_val_ndcg@10"] == pytest.approx(
+        whole["extra"]["member_val_ndcg@10"], abs=1e-6)
+    assert resumed["weights"] == pytest.approx(whole["weights"], rel=1e-5)
+    assert whole["plain"] and resumed["plain"]  # the system ends with an undistributed model
+
+
+def test_strategies_are_chosen_by_name_and_need_a_valid_tf_config(monkeypatch, setup,
+                                                                   project_root):
+    from twotower_utils.model.distributed import cluster_spec, is_chief, is_default, make_strategy
 
     assert make_strategy("default") is tf.distribute.get_strategy()
-    _, config, data = setup
-    mirrored = train_distributed(data, config, "mirrored", epochs=1, log=None)
+    assert is_default(make_strategy("default"))
+    overrides = setup[0]
+    # training.distribution_strategy is honoured by TwoTowerRecallSystem.train_model.
+    mirrored = _train(project_root, {**overrides, "training.epochs": 1,
+                                     "training.distribution_strategy": "mirrored"},
+                      "mirrored-by-config")
+    assert isinstance(mirrored.strategy, tf.distribute.MirroredStrategy)
     assert mirrored.replicas == max(1, len(tf.config.list_logical_devices("GPU")))
     assert np.isfinite(mirrored.history[0]["loss"])
     with pytest.raises(ValueError, match="strategy = 'horovod': expected one of default"):
@@ -144,3 +233,5 @@ def test_the_cli_refuses_to_start_without_processed_data(project_root, tmp_path)
     with pytest.raises(SystemExit, match="no processed data; run the data stage first"):
         main(["--config", str(project_root / "config.json"), "-p", "paths.processed_dir",
               str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="--resume needs --run-id"):
+        main(["--config", str(project_root / "config.json"), "--resume"])

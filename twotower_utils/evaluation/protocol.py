@@ -16,8 +16,8 @@ The one place it is written down (numpy/scipy only). For a split of the processe
 `evaluation_protocol(data, split)` returns it as an `EvaluationProtocol`; every evaluation
 path uses it: `TwoTowerRecallSystem.evaluate_model` and its serving state (the test split's
 training part and candidates are what `recommend_items` excludes and ranks), the training
-loop's validation (`model.fitting`, `model.training.Trainer`'s candidate default,
-`model.distributed`) and the notebooks' tables (`reports.analysis.EvalProtocol`).
+loop's validation (`model.fitting`, `model.training.Trainer`'s candidate default, under any
+strategy) and the notebooks' tables (`reports.analysis.EvalProtocol`).
 `training_part`, `seen_items` and `scored_users` are its three rules, for callers that hold
 only one matrix.
 """

@@ -1,21 +1,27 @@
 """Training under a `tf.distribute` strategy: one machine's devices, or several workers.
 
-The model is `model.build_model` built inside `strategy.scope()`, so its variables (and the
-optimizer's slots) are mirrored; each step splits the global batch (`training.batch_size`)
-evenly over the replicas, every replica computes the same BCE loss as single-process
-training on its share, and the gradients are summed across replicas (the loss is divided by
-the replica count, so the update is the mean over the global batch, as with one process).
-Every worker holds the whole (small) index arrays and shuffles them with the same
-(seed, epoch) generator, then takes its replicas' slices of each global batch: no input
-pipeline to coordinate. Validation and early stopping run on every worker on the same
-weights, so their decisions agree; every worker must make the same calls, because reading
-BatchNorm's sync-on-read statistics is itself a collective. An ensemble
-(`model.ensemble_size` > 1) trains here with every member on the same global batch and one
-early stopping for all; the single-process `Trainer` gives each member its own batch order and
-its own early stopping.
+There is one training loop, `training.Trainer`, for one device and for many: this module
+only makes the strategy (`make_strategy`, from `training.distribution_strategy` or by name),
+says which worker writes results (`is_chief`, `worker_directory`) and runs the command line
+(`main`), which trains through `TwoTowerRecallSystem.train_model` like every other entry
+point, so a distributed run has the same checkpoints, resume, refit and ensembles.
 
-Strategies (`training.distribution_strategy` in the config, or `strategy=`):
-- `default`: no distribution (one device);
+How a strategy trains (`Trainer`): the model is built inside `strategy.scope()` (by
+`TwoTowerRecallSystem.build_model`, `fitting.refit` or the tuning trials), and the Trainer
+makes the optimizer, its slots and the checkpoint in the same scope, so all are mirrored.
+Each step gives every replica an even slice of each member's batch (`training.batch_size` is
+global), runs `TwoTowerModel.train_step` on every replica with its loss scaled by 1/replicas
+(the optimizer sums the replicas' gradients, so the update is the mean over the global batch)
+and averages the replicas' losses. Every worker holds the whole (small) index arrays and
+shuffles them with the same (seed, epoch) generators, then feeds its replicas their slices:
+no input pipeline to coordinate. Validation and early stopping run on every worker on the
+same weights, so their decisions agree; every worker must make the same calls, because
+reading BatchNorm's sync-on-read statistics is itself a collective. Only the chief writes the
+run's checkpoint directory, TensorBoard logs and run directory; another worker checkpoints to
+its own directory beside the chief's (`worker_directory`), since saving is collective too.
+
+Strategies (`training.distribution_strategy` in the config, or `--strategy`):
+- `default`: no distribution (one device; exactly the single-process training);
 - `mirrored`: `MirroredStrategy` over the local GPUs (or the CPU);
 - `multi_worker_mirrored`: `MultiWorkerMirroredStrategy`; every worker runs the same command
   with its own `TF_CONFIG` (see docs/serving.md and
@@ -27,23 +33,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from twotower_utils.config import DISTRIBUTION_STRATEGIES, Config, load_config, parse_overrides
-from twotower_utils.evaluation.protocol import evaluation_protocol
-from twotower_utils.model.training import evaluate_ranking, make_optimizer
-from twotower_utils.model.two_tower import build_model
+from twotower_utils.config import DISTRIBUTION_STRATEGIES, load_config, parse_overrides
 
-__all__ = ["STRATEGIES", "DistributedResult", "cluster_spec", "make_strategy", "main",
-           "train_distributed"]
+__all__ = ["STRATEGIES", "cluster_spec", "is_chief", "is_default", "main", "make_strategy",
+           "worker_directory"]
 
 STRATEGIES = DISTRIBUTION_STRATEGIES
+# Its class is private to TensorFlow; this module is imported outside every strategy scope,
+# where get_strategy() is the default strategy.
+_DEFAULT_STRATEGY = type(tf.distribute.get_strategy())
 
 
 def cluster_spec() -> dict[str, Any]:
@@ -88,123 +92,6 @@ def make_strategy(name: str = "default", devices: list[str] | None = None,
     raise ValueError(f"strategy = {name!r}: expected one of {', '.join(STRATEGIES)}")
 
 
-@dataclass
-class DistributedResult:
-    """What `train_distributed` did: the trained `model` (best epoch's weights), one
-    history record per epoch, the best epoch and metric, the replica count and timings."""
-
-    model: Any
-    history: list[dict[str, float]]
-    best_epoch: int
-    best_metric: float
-    metric: str
-    replicas: int
-    workers: int
-    seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _replica_slices(users: np.ndarray, items: np.ndarray, replicas: int):
-    """Even per-replica slices of one global batch (None when a replica would get none)."""
-    if len(users) < replicas:
-        return None
-    return np.array_split(users, replicas), np.array_split(items, replicas)
-
-
-def train_distributed(data, config: Config, strategy: tf.distribute.Strategy | str | None = None,
-                      epochs: int | None = None, log=print) -> DistributedResult:
-    """Train a `TwoTowerModel` on `data` under `strategy` with early stopping.
-
-    Args:
-        data: `ProcessedData` (the same on every worker).
-        config: the full `Config`; batch size, epochs, schedule, patience, metric and seed
-            come from `training` (the batch size is global: split over all replicas).
-        strategy: a strategy, a name from `STRATEGIES`, or None for the config's
-            `training.distribution_strategy` (else "default").
-        epochs: overrides `training.epochs`.
-        log: where the one-line-per-epoch progress goes (None: silent).
-
-    Returns:
-        A `DistributedResult`; its model holds the best epoch's weights.
-    """
-    log = log or (lambda _line: None)
-    if strategy is None:
-        strategy = config.training.distribution_strategy
-    if isinstance(strategy, str):
-        strategy = make_strategy(strategy)
-    train = config.training
-    epochs = train.epochs if epochs is None else int(epochs)
-    with strategy.scope():
-        model = build_model(data, config)
-        optimizer = make_optimizer(config, len(data.train))
-        # Slots must exist, mirrored, before the first step traces.
-        optimizer._create_all_weights(model.trainable_variables)
-    replicas = strategy.num_replicas_in_sync
-
-    def replica_step(users, items):
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss({"user_idx": users, "item_idx": items}, training=True)
-            scaled = loss / replicas
-        variables = model.trainable_variables
-        # Dense embedding gradients, as in TwoTowerModel.train_step (fused dense Adam).
-        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-                 for g in tape.gradient(scaled, variables)]
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
-
-    @tf.function(reduce_retracing=True)
-    def step(users, items):
-        losses = strategy.run(replica_step, args=(users, items))
-        return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
-
-    train_users = data.train["user_idx"].to_numpy().astype(np.int32)
-    train_items = data.train["item_idx"].to_numpy().astype(np.int32)
-    protocol = evaluation_protocol(data, "validation")
-    validation, exclude, candidates = protocol.relevant, protocol.exclude, protocol.candidates
-    metric = train.early_stopping_metric
-    k_values = sorted({10, int(metric.split("@")[1])})
-    history, best, best_epoch, best_weights, wait = [], -np.inf, 0, None, 0
-    started = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        epoch_start = time.perf_counter()
-        order = np.random.default_rng([train.seed, epoch]).permutation(len(train_users))
-        users, items = train_users[order], train_items[order]
-        losses = []
-        for start in range(0, len(order), train.batch_size):
-            parts = _replica_slices(users[start:start + train.batch_size],
-                                    items[start:start + train.batch_size], replicas)
-            if parts is None:
-                continue  # a last batch smaller than the replica count is dropped
-            per_user, per_item = (strategy.experimental_distribute_values_from_function(
-                lambda ctx, chunks=chunks: tf.constant(chunks[ctx.replica_id_in_sync_group]))
-                for chunks in parts)
-            losses.append(float(step(per_user, per_item)))
-        train_seconds = time.perf_counter() - epoch_start
-        metrics = evaluate_ranking(model, exclude, validation, candidates, k_values)
-        record = {"epoch": epoch, "loss": float(np.mean(losses)),
-                  **{f"val_{key}": value for key, value in metrics.items()},
-                  "train_seconds": train_seconds,
-                  "seconds": time.perf_counter() - epoch_start}
-        history.append(record)
-        improved = record[f"val_{metric}"] > best
-        if improved:
-            best, best_epoch, wait = record[f"val_{metric}"], epoch, 0
-            best_weights = model.get_weights()
-        else:
-            wait += 1
-        log(f"epoch {epoch:3d}/{epochs}  loss {record['loss']:.4f}  {metric} "
-            f"{record[f'val_{metric}']:.4f}  {record['seconds']:.1f} s  ({replicas} replicas)"
-            + ("  *" if improved else ""))
-        if wait >= max(train.early_stopping_patience, 1) and epoch < epochs:
-            break
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    workers = len(cluster_spec().get("cluster", {}).get("worker", [])) or 1
-    return DistributedResult(model=model, history=history, best_epoch=best_epoch,
-                             best_metric=float(best), metric=metric, replicas=replicas,
-                             workers=workers, seconds=time.perf_counter() - started)
-
-
 def is_chief() -> bool:
     """True on the worker that writes results: task 0 (or the "chief" task), or no cluster."""
     spec = cluster_spec()
@@ -215,11 +102,30 @@ def is_chief() -> bool:
                                        and "chief" not in spec["cluster"])
 
 
+def is_default(strategy: tf.distribute.Strategy) -> bool:
+    """True for the default (no-op) strategy, the one in effect outside every scope."""
+    return isinstance(strategy, _DEFAULT_STRATEGY)
+
+
+def worker_directory(directory: str | Path, strategy: tf.distribute.Strategy) -> Path:
+    """Where this worker writes checkpoints meant for `directory`: `directory` itself on
+    the chief (and in a single process), else `<directory>.worker-<task index>` beside it.
+
+    Every worker must save (a save reads sync-on-read variables, a collective), but only the
+    chief's copy is the run's; the others' would clobber it.
+    """
+    directory = Path(directory)
+    if strategy.extended.should_checkpoint:
+        return directory
+    return directory.with_name(f"{directory.name}.worker-{strategy.cluster_resolver.task_id}")
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m twotower_utils.model.distributed",
-        description="Two-tower training under a tf.distribute strategy. For several workers "
-                    "set TF_CONFIG in each and run the same command on every one.")
+        description="Two-tower training under a tf.distribute strategy (the same training as "
+                    "`make train`: checkpoints, resume, refit). For several workers set "
+                    "TF_CONFIG in each and run the same command on every one.")
     parser.add_argument("--config", default="config.json")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[],
                         metavar=("KEY", "VALUE"),
@@ -232,67 +138,69 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds before a collective with a dead peer fails")
     parser.add_argument("--summary", help="JSON file the chief writes (history, metrics); "
                         "with '{task}' in the name every worker writes its own")
-    parser.add_argument("--run-id", default=None, help="with --save: models/<run_id>/")
+    parser.add_argument("--run-id", default=None,
+                        help="names the checkpoints (models/.checkpoints/<run_id>/) and, with "
+                        "--save, models/<run_id>/; give every worker the same one")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the --run-id's last checkpoint (on every worker)")
     parser.add_argument("--save", action="store_true", help="chief saves the run directory")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: train on prepared data under a strategy; the chief prints the result and writes
-    the JSON summary and, with --save, the run directory (as `TwoTowerRecallSystem.save`).
-    Returns the exit status."""
+    """CLI: train on prepared data under a strategy through `TwoTowerRecallSystem.train_model`
+    (checkpoints, `--resume`, refit); the chief prints the result and writes the JSON summary
+    and, with --save, the run directory. Returns the exit status."""
     args = _parse_args(argv)
     overrides = parse_overrides(args.param)
+    if args.strategy:
+        # In the configuration too, so the saved config.json says how the run trained.
+        overrides["training.distribution_strategy"] = args.strategy
     config = load_config(args.config, overrides)
+    if args.resume and not args.run_id:
+        raise SystemExit("--resume needs --run-id: the run whose checkpoints to continue")
     devices = None
     if args.cpu_replicas > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_replicas)
         devices = [f"/cpu:{i}" for i in range(args.cpu_replicas)]
-    name = args.strategy or config.training.distribution_strategy
+    name = config.training.distribution_strategy
     strategy = make_strategy(name, devices, args.timeout)
-    from twotower_utils.data.processed import load_processed
+    from twotower_utils.data.fingerprint import data_fingerprint
+    from twotower_utils.data.processed import is_processed_for
+    from twotower_utils.system import TwoTowerRecallSystem
 
-    directory = config.processed_dir()
-    if not (directory / "stats.json").is_file():
+    digest = data_fingerprint(config).digest
+    directory = config.processed_dir(digest)
+    if not is_processed_for(directory, digest):
         raise SystemExit(f"{directory}: no processed data; run the data stage first (`make "
                          "data` with the same overrides) so every worker reads the same split")
-    data = load_processed(directory)
     chief = is_chief()
-    result = train_distributed(data, config, strategy, log=print if chief else None)
-    # Every worker reads the weights: a sync-on-read variable (BatchNorm's moving statistics)
-    # is all-reduced when read, so a read on the chief alone would wait for absent peers.
-    weights = result.model.get_weights()
+    system = TwoTowerRecallSystem(args.config, overrides, run_id=args.run_id,
+                                  log=print if chief else None, strategy=strategy)
+    system.prepare_data(reuse=True)
+    result = system.train_model(resume=args.resume, save=args.save)
+    # After training the system holds an undistributed copy of the weights on every worker.
+    weights = system.model.get_weights()
     task = int(cluster_spec().get("task", {}).get("index", 0))
     path = args.summary.format(task=task) if args.summary else None
     if not (chief or (path and "{task}" in args.summary)):
         return 0
-    summary = {"task": task, "strategy": name, "replicas": result.replicas,
-               "workers": result.workers, "best_epoch": result.best_epoch,
+    workers = len(cluster_spec().get("cluster", {}).get("worker", [])) or 1
+    summary = {"task": task, "strategy": name, "replicas": strategy.num_replicas_in_sync,
+               "workers": workers, "best_epoch": result.best_epoch,
                "best_metric": result.best_metric, "metric": result.metric,
                "history": result.history, "seconds": result.seconds,
+               "resumed_from": result.resumed_from, "extra": result.extra,
                "weights_checksum": float(sum(np.abs(w).sum() for w in weights))}
-    if args.save and chief:
-        summary["run_dir"] = str(_save_run(args.config, overrides, data, weights, args.run_id))
+    if system.run_dir is not None:
+        summary["run_dir"] = str(system.run_dir)
     if path:
         Path(path).write_text(json.dumps(summary, indent=1))
     print(f"best epoch {result.best_epoch}: {result.metric} {result.best_metric:.4f} "
-          f"({result.replicas} replicas on {result.workers} worker(s))")
+          f"({summary['replicas']} replicas on {workers} worker(s))")
     return 0
-
-
-def _save_run(config_path: str, overrides: dict, data, weights: list[np.ndarray],
-              run_id: str | None) -> Path:
-    """Copy the trained weights into a plain (undistributed) model and save the run."""
-    from twotower_utils.system import TwoTowerRecallSystem
-
-    system = TwoTowerRecallSystem(config_path, overrides, run_id=run_id, log=print)
-    system.prepare_data(reuse=True)
-    plain = build_model(data, system.config)
-    plain.set_weights(weights)
-    system.model = plain
-    return system.save()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ benchmarks (benchmarks/README.md: the choice was made with a holdout carved out 
 training split standing in for validation, and validation standing in for test).
 `ensemble_summary` adds each member's own validation metric. `join_members` writes trained
 single-member models into one K-member model (members trained elsewhere can be joined).
+
+Both trainings run under `system.strategy` (`training.distribution_strategy`; see
+`distributed`): the refit's model is built in its scope, and under any strategy but the
+default the final model handed back is an undistributed copy of the trained one (`plain_copy`),
+so evaluating, serving and saving it are no collectives and the chief can do them alone.
 """
 
 from __future__ import annotations
@@ -28,25 +33,27 @@ import tensorflow as tf
 
 from twotower_utils.config import Config
 from twotower_utils.evaluation.protocol import EvaluationProtocol, evaluation_protocol
+from twotower_utils.model.distributed import is_default
 from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, member_config, member_metrics
 from twotower_utils.model.training import Trainer
 from twotower_utils.model.two_tower import TwoTowerModel, build_model
 
 __all__ = ["MEMBER_SEED_STRIDE", "early_stop", "ensemble_summary", "join_members",
-           "member_config", "refit", "train_and_refit", "validation_candidates",
-           "validation_protocol"]
+           "member_config", "plain_copy", "refit", "refit_data", "train_and_refit",
+           "validation_candidates", "validation_protocol"]
 
 
 def early_stop(system, model, config: Config, name: str, resume: bool, callbacks=()):
-    """Train `model` on the training split with early stopping on validation; returns
-    the `TrainingResult` (the model keeps its best weights, each member its own)."""
+    """Train `model` (built in `system.strategy`'s scope) on the training split with early
+    stopping on validation, checkpointing to `models/.checkpoints/<name>/`; returns the
+    `TrainingResult` (the model keeps its best weights, each member its own)."""
     data, protocol = system.data, validation_protocol(system)
     trainer = Trainer(
         model, config, data.train["user_idx"].to_numpy(),
         data.train["item_idx"].to_numpy(), protocol.relevant, protocol.exclude,
         checkpoint_dir=config.path("models_dir") / ".checkpoints" / name,
         candidates=protocol.candidates, log_dir=config.path("logs_dir") / name,
-        log=system.log)
+        log=system.log, strategy=system.strategy)
     return trainer.fit(resume=resume, callbacks=callbacks)
 
 
@@ -57,12 +64,13 @@ def train_and_refit(system, model, config: Config, name: str, resume: bool, call
 
     Returns `(result, early-stopped model, final model)`; the final model is the refit on
     train + validation (`refit`, as `training.refit_from` says) when
-    `training.refit_with_validation` is set.
+    `training.refit_with_validation` is set, and under a strategy other than the default an
+    undistributed copy (`plain_copy`).
     """
     if result is None:
         result = early_stop(system, model, config, name, resume, callbacks)
     if not (config.training.refit_with_validation and result.best_epoch):
-        return result, model, model
+        return result, model, plain_copy(model, system.data, config, system.strategy)
     train = config.training
     continuing = train.refit_from == "early_stopped"
     epochs = train.refit_epochs if continuing else result.best_epoch
@@ -71,22 +79,45 @@ def train_and_refit(system, model, config: Config, name: str, resume: bool, call
                               start=model if continuing else None)
     result.extra.update(refit_epochs=epochs, refit_seconds=seconds,
                         refit_from=train.refit_from)
-    return result, model, refitted
+    return result, model, plain_copy(refitted, refit_data(system), config, system.strategy)
+
+
+def plain_copy(model: TwoTowerModel, data, config: Config,
+               strategy: tf.distribute.Strategy) -> TwoTowerModel:
+    """`model` itself under the default strategy; else a model built outside every scope
+    for `data` and `config` (those `model` was built with) holding `model`'s weights.
+
+    Call it on every worker: reading the weights reads BatchNorm's sync-on-read statistics,
+    a collective."""
+    if is_default(strategy):
+        return model
+    weights = model.get_weights()
+    plain = build_model(data, config)
+    plain.set_weights(weights)
+    return plain
+
+
+def refit_data(system):
+    """`system.data` with train + validation as the training split and the serving history
+    (everything before the test split) as the history: what `refit` trains on."""
+    data = system.data
+    both = pd.concat([data.train, data.validation], ignore_index=True)
+    return replace(data, train=both, validation=data.validation.iloc[:0],
+                   history=system._serving_history)
 
 
 def refit(system, config: Config, epochs: int, name: str, resume: bool,
           member_epochs: list[int] | None = None, start: TwoTowerModel | None = None):
-    """A model trained on train + validation for `epochs`; returns it and the seconds the
+    """A model (built in `system.strategy`'s scope) trained on `refit_data` for `epochs`,
+    checkpointing to `models/.checkpoints/<name>-refit/`; returns it and the seconds the
     training took.
 
     From `start`'s weights (an early-stopped model) at the constant
     `training.refit_learning_rate` when `start` is given; else a fresh model on the
     configured schedule, an ensemble's member m taken at `member_epochs[m]`.
     """
-    data = system.data
-    both = pd.concat([data.train, data.validation], ignore_index=True)
-    refit_data = replace(data, train=both, validation=data.validation.iloc[:0],
-                         history=system._serving_history)
+    data = refit_data(system)
+    both = data.train
     schedule = {"epochs": epochs}
     if start is not None:
         schedule.update(learning_rate=config.training.refit_learning_rate,
@@ -96,17 +127,19 @@ def refit(system, config: Config, epochs: int, name: str, resume: bool,
     system.log(f"refitting on train + validation ({len(both):,} pairs) for {epochs} epochs"
                + (" from the early-stopped weights at learning rate "
                   f"{config.training.learning_rate:g}" if start is not None else ""))
-    model = build_model(refit_data, config)
-    if start is not None:
-        # Same data shapes and configuration: the refit model's variables match one for one
-        # (its sampler and history tables are train + validation's, built above).
-        model.set_weights(start.get_weights())
+    with system.strategy.scope():
+        model = build_model(data, config)
+        if start is not None:
+            # Same data shapes and configuration: the variables match one for one (the
+            # sampler and history tables are train + validation's, built above). Reading
+            # `start`'s weights is a collective under a strategy: every worker gets here.
+            model.set_weights(start.get_weights())
     trainer = Trainer(
         model, config, both["user_idx"].to_numpy(), both["item_idx"].to_numpy(), None,
         system._serving_history,
         checkpoint_dir=config.path("models_dir") / ".checkpoints" / f"{name}-refit",
         log_dir=config.path("logs_dir") / name / "refit", log=system.log,
-        member_epochs=member_epochs)
+        member_epochs=member_epochs, strategy=system.strategy)
     return model, trainer.fit(resume=resume).seconds
 
 

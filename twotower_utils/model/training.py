@@ -15,6 +15,16 @@ an uninterrupted run; a checkpoint made with other settings is refused
 (`twotower_utils.model.resume`). The best weights are restored at the end. The negatives come
 from `twotower_utils.model.sampler`.
 
+The same loop trains under any `tf.distribute.Strategy` (`strategy=`; default: the one in
+effect, i.e. no distribution): the model is built in `strategy.scope()` by the caller and the
+Trainer makes the optimizer, its slots and the checkpoint in the same scope. Each step splits
+every member's batch evenly over the replicas (a last batch smaller than the replica count is
+dropped), runs `TwoTowerModel.train_step` on each with the loss scaled by 1/replicas, so the
+summed update is the mean over the global batch, and averages the replicas' losses. Every
+worker of a multi-worker run validates and checkpoints (both are collectives); a worker other
+than the chief checkpoints to its own directory (`distributed.worker_directory`) and writes no
+TensorBoard logs. Under the default strategy the step is the single-device step it always was.
+
 Progress is one line per epoch (no per-step output), readable in a terminal and in a
 papermill-executed notebook; the same numbers go to TensorBoard when a log directory is given.
 """
@@ -35,11 +45,13 @@ import tensorflow as tf
 from twotower_utils.config import Config
 from twotower_utils.evaluation.metrics import ranking_metrics, top_k_scores
 from twotower_utils.evaluation.protocol import scored_users, seen_items
+from twotower_utils.model.distributed import is_default, worker_directory
 from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, MemberStopping, member_metrics
 from twotower_utils.model.resume import ResumeError, check_resumable, training_settings
 
 __all__ = ["ResumeError", "Trainer", "TrainingResult", "check_resumable",
-           "evaluate_ranking", "make_optimizer", "training_settings"]
+           "evaluate_ranking", "make_optimizer", "replicated_generator_states",
+           "training_settings"]
 
 
 @dataclass
@@ -112,6 +124,18 @@ def evaluate_ranking(model, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
     return ranking_metrics(top_idx, relevant[users], tuple(k_values), tuple(metrics))
 
 
+def replicated_generator_states(model) -> list[tf.Variable]:
+    """The state variables, each once, of the `tf.random.Generator`s the model draws with
+    (its samplers' and its dropout layers', each kept as a `generator` attribute) that have
+    more than one local replica (none under the default strategy)."""
+    found = {}
+    for module in [*getattr(model, "samplers", ()), *model.submodules]:
+        generator = getattr(module, "generator", None)
+        if isinstance(generator, tf.random.Generator):
+            found[id(generator)] = generator.state
+    return [state for state in found.values() if len(getattr(state, "values", ())) > 1]
+
+
 class Trainer:
     """Trains a `TwoTowerModel` on index pairs with early stopping and checkpoints.
 
@@ -127,9 +151,13 @@ class Trainer:
             validation protocol's `exclude` (`evaluation.protocol`).
         candidates: bool `[num_items]` of recommendable items (default: items in `exclude`,
             the protocol's rule; pass the protocol's `candidates` for a cold-items split).
-        checkpoint_dir: where checkpoints, the best weights and the epoch log go.
-        log_dir: TensorBoard directory (None: no TensorBoard logs).
+        checkpoint_dir: where checkpoints, the best weights and the epoch log go (on a
+            worker other than the chief, `distributed.worker_directory` of it).
+        log_dir: TensorBoard directory (None: no TensorBoard logs; the chief's only).
         log: where the one-line-per-epoch progress goes (None: silent).
+        member_epochs: a refit's epoch count per ensemble member (`MemberStopping`).
+        strategy: the `tf.distribute.Strategy` whose scope `model` was built in (None: the
+            one in effect, by default no distribution).
     """
 
     def __init__(self, model, config: Config, train_users: np.ndarray,
@@ -137,8 +165,12 @@ class Trainer:
                  checkpoint_dir: str | Path, candidates: np.ndarray | None = None,
                  log_dir: str | Path | None = None,
                  log: Callable[[str], object] | None = print,
-                 member_epochs: Sequence[int] | None = None):
+                 member_epochs: Sequence[int] | None = None,
+                 strategy: tf.distribute.Strategy | None = None):
         self.model, self.config, self.log = model, config, log or (lambda _line: None)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        self._undistributed = is_default(self.strategy)
         self.users = np.asarray(train_users, dtype=np.int32)
         self.items = np.asarray(train_items, dtype=np.int32)
         if self.users.shape != self.items.shape or self.users.ndim != 1 or not len(self.users):
@@ -150,10 +182,11 @@ class Trainer:
                            else np.asarray(candidates, dtype=bool))
         self.metric = config.training.early_stopping_metric
         self.k_values = sorted({10, int(self.metric.split("@")[1])})
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.log_dir = Path(log_dir) if log_dir is not None else None
-        self.optimizer = make_optimizer(config, len(self.users))
-        model.compile(optimizer=self.optimizer)
+        self.checkpoint_dir = worker_directory(checkpoint_dir, self.strategy)
+        chief = self.checkpoint_dir == Path(checkpoint_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None and chief else None
+        with self.strategy.scope():
+            self._build_optimizer(model, config)
         self.state = {
             "epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
             "best_epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
@@ -175,20 +208,57 @@ class Trainer:
                 None if self.validation is not None else list(member_epochs),
                 patience=config.training.early_stopping_patience)
             self.state.update(self.member_stopping.state)
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer,
-                                              **self.state)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir / "last",
-                                                  max_to_keep=1)
+        with self.strategy.scope():
+            self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer,
+                                                  **self.state)
+            self.manager = tf.train.CheckpointManager(self.checkpoint,
+                                                      self.checkpoint_dir / "last", max_to_keep=1)
         self.best_prefix = str(self.checkpoint_dir / "best" / "weights")
+        # [members, None] per replica: one trace for every batch size, the last one's too
+        # (a plain TensorSpec under the default strategy, a PerReplicaSpec under others).
+        spec = tf.type_spec_from_value(self._distribute(np.zeros((self.members, 0), np.int32)))
+        spec = spec.most_specific_common_supertype([tf.type_spec_from_value(
+            self._distribute(np.zeros((self.members, self.replicas), np.int32)))])
+        self._replicated_states = replicated_generator_states(model)
         # The step has no Python control flow on tensors (members are a Python loop, the
         # rest explicit tf.cond / tf.while_loop), so autograph is off: tracing the shipped
         # ensemble's step takes about 3 s instead of 6.
-        spec = tf.TensorSpec([self.members, None], tf.int32)
         self._step = tf.function(self._train_step, autograph=False, input_signature=[
             spec, spec, tf.TensorSpec([self.members], tf.bool)])
 
-    def _train_step(self, users: tf.Tensor, items: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
-        return self.model.train_step({"user_idx": users, "item_idx": items}, active)["loss"]
+    def _build_optimizer(self, model, config: Config) -> None:
+        """The optimizer, compiled into `model`, with its slots (inside the strategy's scope,
+        so they are mirrored like the model's variables)."""
+        self.optimizer = make_optimizer(config, len(self.users))
+        model.compile(optimizer=self.optimizer)
+        # Slots must exist before a restore can fill them and before the step traces (legacy
+        # Adam has no public build method).
+        self.optimizer._create_all_weights(model.trainable_variables)
+
+    def _distribute(self, batch: np.ndarray):
+        """Replica r's even slice (along the batch axis) of a `[members, B]` batch, as the
+        distributed value `strategy.run` hands out (the batch itself under the default
+        strategy)."""
+        if self._undistributed:
+            return batch  # as before strategies: no per-step wrapping (about 20 us a call)
+        parts = np.array_split(batch, self.replicas, axis=1)
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(parts[context.replica_id_in_sync_group]))
+
+    def _replica_step(self, users: tf.Tensor, items: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
+        return self.model.train_step({"user_idx": users, "item_idx": items}, active,
+                                     loss_scale=1.0 / self.replicas)["loss"]
+
+    def _train_step(self, users, items, active: tf.Tensor) -> tf.Tensor:
+        losses = self.strategy.run(self._replica_step, args=(users, items, active))
+        # The replicas draw different amounts from their generators (uneven slices, rounds of
+        # rejection sampling), but a checkpoint keeps one replica's state, so a resumed run
+        # would draw other numbers on the rest: every replica goes on from the state furthest
+        # ahead (their keys differ by replica, so their streams still differ).
+        for state in self._replicated_states:
+            ends = tf.stack([component.read_value() for component in state.values])
+            state.assign(tf.gather(ends, tf.argmax(ends[:, 0] - ends[0, 0])))
+        return self.strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
 
     @property
     def history_path(self) -> Path:
@@ -230,9 +300,6 @@ class Trainer:
             A `TrainingResult`.
         """
         train = self.config.training
-        # Optimizer slots must exist before a restore can fill them (legacy Adam has no
-        # public build method).
-        self.optimizer._create_all_weights(self.model.trainable_variables)
         history: list[dict[str, float]] = []
         if resume and self.manager.latest_checkpoint:
             check_resumable(self.config_path, self.config)
@@ -316,12 +383,15 @@ class Trainer:
         losses, sizes = [], []
         for start in range(0, orders.shape[1], train.batch_size):
             stop = start + train.batch_size
-            losses.append(self._step(users[:, start:stop], items[:, start:stop], active))
+            if users[0, start:stop].size < self.replicas:
+                continue  # every replica needs a share of the batch
+            losses.append(self._step(self._distribute(users[:, start:stop]),
+                                     self._distribute(items[:, start:stop]), active))
             sizes.append(users[0, start:stop].size)
         # Per pair and per member trained in this epoch (members that stop do not make the
         # curve step down).
         loss = float(np.dot([float(v) for v in losses], sizes)
-                     / (orders.shape[1] * max(int(active.sum()), 1)))
+                     / (sum(sizes) * max(int(active.sum()), 1)))
         train_seconds = time.perf_counter() - started
         metrics = {} if self.validation is None else evaluate_ranking(
             self.model, self.exclude, self.validation, self.candidates, self.k_values,

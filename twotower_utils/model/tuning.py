@@ -81,7 +81,8 @@ def tune(system, name: str, callbacks=()):
         own = trial_config(config, trial)
         system.log(f"tuning: trial {index} of {len(candidates) - 1}: {describe(trial)}")
         trial_started = time.perf_counter()
-        model = build_model(system.data, own)
+        with system.strategy.scope():
+            model = build_model(system.data, own)
         result = early_stop(system, model, own, f"{name}-trial-{index}", resume=False,
                             callbacks=callbacks)
         rows.append({"trial": index, "overrides": trial,

@@ -238,20 +238,25 @@ class TwoTowerModel(tfrs.models.Model):
         loss plus L2 (see `twotower_utils.model.losses.compute_loss`)."""
         return losses.compute_loss(self, inputs, training)
 
-    def train_step(self, inputs: dict[str, tf.Tensor],
-                   active: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def train_step(self, inputs: dict[str, tf.Tensor], active: tf.Tensor | None = None,
+                   loss_scale: float = 1.0) -> dict[str, tf.Tensor]:
         """One optimisation step on `inputs` (as `compute_loss`, `active` members only);
-        returns `{"loss": ...}`.
+        returns `{"loss": ...}` (unscaled).
 
-        Gradients of embedding tables arrive as IndexedSlices; they are made dense first
-        because the fused dense Adam update is much cheaper per step than the sparse path
-        for tables of this size (both touch every row of Adam's moments).
+        The gradients are those of `loss_scale * loss`: under a strategy of R replicas the
+        optimizer sums them over the replicas, so `1 / R` makes the update the mean over the
+        global batch (`training.Trainer`). Gradients of embedding tables arrive as
+        IndexedSlices; they are made dense first because the fused dense Adam update is much
+        cheaper per step than the sparse path for tables of this size (both touch every row
+        of Adam's moments).
         """
         with tf.GradientTape() as tape:
             loss = losses.compute_loss(self, inputs, training=True, active=active)
+            # No multiply at all for one replica: the single-device graph stays as it was.
+            scaled = loss if loss_scale == 1.0 else loss * loss_scale
         variables = self.trainable_variables
         gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-                     for g in tape.gradient(loss, variables)]
+                     for g in tape.gradient(scaled, variables)]
         self.optimizer.apply_gradients(zip(gradients, variables))
         return {"loss": loss}
 
