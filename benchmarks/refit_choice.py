@@ -1,7 +1,7 @@
 """Choose how to refit on train + validation without looking at test: a nested holdout.
 
     .venv/bin/python benchmarks/refit_choice.py [--set KEY VALUE ...] [--variants JSON]
-        [--out refit_choice.jsonl] [--ml100k-dir DIR]
+        [--holdout-seed N] [--out refit_choice.jsonl] [--ml100k-dir DIR]
 
 A refit trains on the validation split, so validation cannot judge it, and test must not.
 This script moves the protocol one level in: a random share of the training split (the
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "config.json")
     parser.add_argument("--variants", type=json.loads, default=DEFAULT_VARIANTS,
                         help="JSON list of {\"epochs\": E, \"learning_rate\": LR}")
+    parser.add_argument("--holdout-seed", type=int, default=123,
+                        help="seed of the inner holdout's draw")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
                         "refit_choice.jsonl")
     _common.add_set_option(parser)
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         system = TwoTowerRecallSystem(
             args.config, {**overrides, **paths, "training.refit_with_validation": False},
             run_id="refit-choice", log=None)
-        system.data = nested_data(system.prepare_data())
+        system.data = nested_data(system.prepare_data(), args.holdout_seed)
         # The system's test protocol (serving history, candidates) now reads the nested data.
         system._test_protocol = evaluation_protocol(system.data, "test")
         system._serving_history = system._test_protocol.exclude
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                          "val_ndcg@10": score(continued)})
     with args.out.open("a") as out:
         for row in rows:
-            row = {"overrides": overrides, **row, "seconds": round(row["seconds"], 1)}
+            row = {"overrides": overrides, "holdout_seed": args.holdout_seed, **row,
+                   "seconds": round(row["seconds"], 1)}
             print(json.dumps(row), flush=True)
             out.write(json.dumps(row) + "\n")
     return 0

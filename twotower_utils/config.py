@@ -112,11 +112,11 @@ class TrainingConfig:
     # into the BCE beside the sampled negatives (0 = off), and the weight of their terms.
     explicit_negatives: int = number(0, lo=0)
     explicit_negative_weight: float = number(1.0, lo=0.0)
-    # After early stopping, train on train + validation too: from the early-stopped weights
-    # for `refit_epochs` epochs at the constant `refit_learning_rate` ("early_stopped"), or
-    # a fresh model for the early-stopped epoch count ("scratch").
+    # After early stopping, train on train + validation too: a fresh model for the
+    # early-stopped epoch count ("scratch"), or the early-stopped weights continued for
+    # `refit_epochs` epochs at the constant `refit_learning_rate` ("early_stopped").
     refit_with_validation: bool = True
-    refit_from: str = choice("early_stopped", "scratch", default="early_stopped")
+    refit_from: str = choice("scratch", "early_stopped", default="scratch")
     refit_epochs: int = number(2, lo=1)
     refit_learning_rate: float = number(0.005, lo=0.0, lo_open=True)
     seed: int = number(42, lo=0)

@@ -350,7 +350,8 @@ def test_refit_continues_the_early_stopped_model_on_train_and_validation(
     def refit_system(run_id, learning_rate):
         lines = []
         refit = TwoTowerRecallSystem(project_root / "config.json", small_overrides(workdir, **{
-            "training.refit_with_validation": True, "training.refit_epochs": 2,
+            "training.refit_with_validation": True, "training.refit_from": "early_stopped",
+            "training.refit_epochs": 2,
             "training.refit_learning_rate": learning_rate}), run_id=run_id, log=lines.append)
         refit.prepare_data(reuse=True)
         return refit, refit.train_model(save=False), lines
