@@ -1,6 +1,6 @@
 """`RunArtifacts`, the one reader and writer of a run directory, without TensorFlow: a save and
-load round trip gives back equal arrays, and the manifest comes last and lists what the
-caller wrote into the staging directory."""
+load round trip gives back equal arrays, the manifest comes last and lists what the caller
+wrote into the staging directory, and `ServingRun` is a view of the same loaded artifacts."""
 
 import json
 
@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from twotower_utils.data.fingerprint import FINGERPRINT_FILE
 from twotower_utils.serving.artifacts import FINGERPRINT, RunArtifacts, RunDirectoryError
+from twotower_utils.serving.run import ServingRun
 
 
 def _artifacts(users=3, items=4, dim=2) -> RunArtifacts:
@@ -60,6 +61,11 @@ def test_a_save_and_load_round_trip_gives_back_equal_arrays(tmp_path):
     assert isinstance(loaded.item_embeddings, np.memmap)  # memory-mapped, as serving needs
     assert (loaded.history != saved.history).nnz == 0 and loaded.history.shape == (4, 5)
 
+    run = ServingRun.from_dir(target)
+    assert run.artifacts is not None and run.directory == target
+    assert list(run.user_ids) == saved.user_vocab and list(run.item_ids) == saved.item_vocab
+    np.testing.assert_array_equal(run.item_vectors, saved.item_embeddings)
+    assert run.config == saved.config and run.dim == 2
 
 
 def test_optional_parts_are_absent_when_unknown_and_a_save_replaces_only_a_run(tmp_path):
