@@ -22,29 +22,14 @@ import numpy as np
 import pandas as pd
 
 from twotower_utils.config import Config, config_from_dict, load_config
-from twotower_utils.data.fingerprint import FINGERPRINT_FILE, data_fingerprint
-from twotower_utils.data.processed import is_processed_for
+from twotower_utils.data.fingerprint import data_fingerprint
+from twotower_utils.data.processed import ProcessedData, is_processed_for
 from twotower_utils.evaluation.protocol import evaluation_protocol
-from twotower_utils.io import atomic_directory, read_json, write_json
+from twotower_utils.io import write_json
 from twotower_utils.pipeline.runs import check_run_id
-from twotower_utils.serving.artifacts import (
-    check_run_dir,
-    check_save_target,
-    load_history,
-    save_history,
-    write_manifest,
-)
+from twotower_utils.serving.artifacts import RunArtifacts
 
 __all__ = ["TwoTowerRecallSystem"]
-
-
-class _RunData:
-    """The arrays a saved run keeps for serving (a stand-in for `ProcessedData`)."""
-
-    def __init__(self, user_vocab, item_vocab, features, feature_specs, history):
-        self.user_vocab, self.item_vocab = list(user_vocab), list(item_vocab)
-        self.features, self.feature_specs, self.history = features, feature_specs, history
-        self.num_users, self.num_items = len(self.user_vocab) + 1, len(self.item_vocab) + 1
 
 
 def _check_feature_names(side: str, given: dict[str, Any], specs: list[dict]) -> None:
@@ -71,12 +56,16 @@ class TwoTowerRecallSystem:
         log: where progress lines go (None: silent).
         strategy: the `tf.distribute.Strategy` to train under (None: `make_strategy` of
             `training.distribution_strategy`, see `model.distributed`).
+
+    `data` is the prepared `ProcessedData`, or for a loaded run (`load`) its `RunArtifacts`
+    (`artifacts`), which holds what serving and rebuilding the model need, not the splits.
     """
 
     def __init__(self, config_path: str | Path = "config.json",
                  overrides: dict[str, Any] | None = None, run_id: str | None = None,
-                 log=print, strategy=None):
-        self.config: Config = load_config(config_path, overrides)
+                 log=print, strategy=None, *, _config: Config | None = None):
+        # `_config` is `load`'s way in: a saved run's resolved configuration, not a file.
+        self.config: Config = _config or load_config(config_path, overrides)
         self._strategy = strategy
         self.run_id = check_run_id(run_id, "run_id") if run_id is not None else (
             f"{self.config.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
@@ -91,6 +80,13 @@ class TwoTowerRecallSystem:
         self._user_vectors = self._item_vectors = None
         self._index: dict[str, dict[str, int]] = {}
         self._untrained = False  # a model from build_model() that train_model() has not seen
+        self.artifacts: RunArtifacts | None = None  # the saved run this system was loaded from
+
+    @property
+    def has_training_data(self) -> bool:
+        """True when `data` is prepared `ProcessedData` (splits to train and evaluate on),
+        False before `prepare_data` or for a loaded run (its `RunArtifacts` only)."""
+        return isinstance(self.data, ProcessedData)
 
     # ------------------------------------------------------------------ pipeline
     def prepare_data(self, reuse: bool = False):
@@ -122,7 +118,7 @@ class TwoTowerRecallSystem:
         """The `tf.distribute.Strategy` training runs under (made once, from the config)."""
         from twotower_utils.model.distributed import make_strategy
 
-        if getattr(self, "_strategy", None) is None:  # a loaded run has none yet
+        if self._strategy is None:
             self._strategy = make_strategy(self.config.training.distribution_strategy)
         return self._strategy
 
@@ -200,7 +196,7 @@ class TwoTowerRecallSystem:
             raise ValueError("split = 'validation': the model was refitted on train + "
                              "validation (training.refit_with_validation), so validation "
                              "metrics would be scored on its own training data")
-        if not hasattr(self.data, "interactions"):
+        if not self.has_training_data:
             raise RuntimeError("no evaluation data: a loaded run keeps only what serving "
                                "needs (its metrics are in metrics.json); call prepare_data() "
                                "first to evaluate it again")
@@ -317,37 +313,33 @@ class TwoTowerRecallSystem:
         `training.json` and `metrics.json` when known, `fingerprint.json` (the data it was
         trained on) and `manifest.json` (written last: it marks a complete run). The target
         must be new, empty or a saved run (else FileExistsError: nothing is deleted).
+        `serving.artifacts.RunArtifacts.save` writes it all but the TensorFlow parts
+        (weights and towers), which this adds into its staging directory.
         """
-        self._require_trained()
-        target = check_save_target(Path(run_dir) if run_dir else
-                                   self.config.path("models_dir") / self.run_id)
-        data = self.data
-        with atomic_directory(target) as staging:
-            write_json(staging / "config.json", self.config.to_dict())
-            write_json(staging / "vocabularies.json",
-                       {"user_id": list(data.user_vocab), "item_id": list(data.item_vocab)})
-            write_json(staging / "feature_specs.json", data.feature_specs)
-            np.savez(staging / "features.npz", **data.features)
-            save_history(staging / "history.npz", self._serving_history)
-            np.save(staging / "candidates.npy", self._candidates)
-            np.save(staging / "user_embeddings.npy", self._users())
-            np.save(staging / "item_embeddings.npy", self._items())
-            self.model.save_weights(str(staging / "weights" / "model"))
-            from twotower_utils.serving.export import export_tower
+        from twotower_utils.serving.export import export_tower
 
+        self._require_trained()
+        data, result, loaded = self.data, self.training_result, self.artifacts
+
+        def write_model(staging: Path) -> None:  # the TensorFlow parts RunArtifacts leaves out
+            self.model.save_weights(str(staging / "weights" / "model"))
             export_tower(self.model, "user", staging / "user_tower")
             export_tower(self.model, "item", staging / "item_tower")
-            if self.training_result is not None:
-                write_json(staging / "training_history.json", self.training_result.history)
-                summary = {k: v for k, v in self.training_result.to_dict().items()
-                           if k != "history"}
-                write_json(staging / "training.json", summary)
-            if self.metrics:
-                write_json(staging / "metrics.json", self.metrics)
-            fingerprint = getattr(data, "fingerprint", None)
-            if fingerprint:
-                write_json(staging / FINGERPRINT_FILE, fingerprint)
-            write_manifest(staging, self.run_id)
+
+        summary = {k: v for k, v in result.to_dict().items() if k != "history"} if result else None
+        artifacts = RunArtifacts(
+            config=self.config.to_dict(), user_vocab=list(data.user_vocab),
+            item_vocab=list(data.item_vocab), features=data.features,
+            feature_specs=data.feature_specs, history=self._serving_history,
+            candidates=self._candidates, user_embeddings=self._users(),
+            item_embeddings=self._items(), metrics=self.metrics,
+            # A re-saved loaded run keeps the training record it was loaded with.
+            training_history=result.history if result else loaded and loaded.training_history,
+            training_summary=summary or (loaded and loaded.training_summary),
+            fingerprint=data.fingerprint)
+        target = artifacts.save(Path(run_dir) if run_dir else
+                                self.config.path("models_dir") / self.run_id,
+                                self.run_id, write_model)
         self.run_dir = target
         self.log(f"saved run to {target}")
         return target
@@ -355,29 +347,21 @@ class TwoTowerRecallSystem:
     @classmethod
     def load(cls, run_dir: str | Path, log=print) -> TwoTowerRecallSystem:
         """A saved run, ready to recommend without retraining (the model is rebuilt from the
-        saved weights only when the cold-start path or evaluation needs it)."""
-        run_dir = Path(run_dir)
-        check_run_dir(run_dir)
-        system = cls.__new__(cls)
-        system.config = config_from_dict(read_json(run_dir / "config.json"), root=Path.cwd())
-        system.run_id, system.run_dir, system.log = run_dir.name, run_dir, log or (lambda _: 0)
-        vocab = read_json(run_dir / "vocabularies.json")
-        with np.load(run_dir / "features.npz") as archive:
-            features = {key: archive[key] for key in archive.files}
-        history = load_history(run_dir / "history.npz")
-        system.data = _RunData(vocab["user_id"], vocab["item_id"], features,
-                               read_json(run_dir / "feature_specs.json"), history)
-        system._serving_history = history
-        system._candidates = np.load(run_dir / "candidates.npy")
-        system._user_vectors = np.load(run_dir / "user_embeddings.npy")
-        system._item_vectors = np.load(run_dir / "item_embeddings.npy")
-        system.model = None
-        system.training_result = None
-        system._untrained = False
+        saved weights only when the cold-start path needs it).
+
+        Takes the run directory (RunDirectoryError names a missing or damaged file) and the
+        log; returns a system whose `artifacts` (and `data`) is the run's `RunArtifacts`.
+        """
+        artifacts = RunArtifacts.load(run_dir)
+        system = cls(log=log, _config=config_from_dict(artifacts.config, root=Path.cwd()))
+        # The folder's name, whatever it is (a run id is only checked when one is made).
+        system.run_id, system.run_dir = artifacts.directory.name, artifacts.directory
+        system.artifacts = system.data = artifacts
+        system._serving_history, system._candidates = artifacts.history, artifacts.candidates
+        system._user_vectors = artifacts.user_embeddings
+        system._item_vectors = artifacts.item_embeddings
         system.refitted = system.config.training.refit_with_validation
-        path = run_dir / "metrics.json"
-        system.metrics = read_json(path) if path.is_file() else {}
-        system._index = {}
+        system.metrics = dict(artifacts.metrics)
         return system
 
     # ------------------------------------------------------------------ helpers

@@ -473,6 +473,7 @@ def ensemble_system(project_root, workdir, data):
 
 @pytest.mark.parametrize("which", ["system", "ensemble_system"])
 def test_a_saved_run_reloads_and_recommends_identically(which, request):
+    from twotower_utils.serving.artifacts import RunArtifacts
     from twotower_utils.system import TwoTowerRecallSystem
 
     system = request.getfixturevalue(which)
@@ -481,6 +482,12 @@ def test_a_saved_run_reloads_and_recommends_identically(which, request):
     assert (run_dir / "user_tower" / "saved_model.pb").is_file()
     assert not list(run_dir.parent.glob(f".{run_dir.name}.tmp-*"))
     loaded = TwoTowerRecallSystem.load(run_dir, log=None)
+    # Built through __init__ (no __new__), holding the run's RunArtifacts as its data.
+    assert isinstance(loaded.artifacts, RunArtifacts) and loaded.data is loaded.artifacts
+    assert system.has_training_data and not loaded.has_training_data
+    assert loaded.run_id == run_dir.name and loaded.metrics == system.metrics
+    with pytest.raises(RuntimeError, match="no evaluation data: a loaded run"):
+        loaded.evaluate_model()
     for user_id in system.data.user_vocab[:5]:
         ours, theirs = system.recommend_items(user_id), loaded.recommend_items(user_id)
         assert list(ours["item_id"]) == list(theirs["item_id"])

@@ -1,28 +1,34 @@
-"""A saved run's directory: its manifest, where a save may write, and checks on load.
+"""A saved run's directory: its format (`RunArtifacts`), manifest, where a save may write,
+and checks on load.
 
-A run directory (`models/<run_id>/`, or any directory given to `save`) is recognised by its
-`manifest.json` (`{"kind": "twotower-run", ...}`), written last. `save` only ever writes a
-new directory, an empty one, or one that is itself a saved run: anything else (a user's
-folder, `models/` itself) is refused, never deleted. `check_run_dir` names the missing or
-damaged file of a run folder and says that the run must be saved again, instead of a raw
-errno, an EOFError or a broadcasting error at recommend time.
+`RunArtifacts` is the one reader and writer of a run directory's files: the system saves
+and loads through it and serving views it (`ServingRun`). A run directory
+(`models/<run_id>/`, or any directory given to `save`) is recognised by its `manifest.json`
+(`{"kind": "twotower-run", ...}`), written last. `save` only ever writes a new directory, an
+empty one, or one that is itself a saved run: anything else (a user's folder, `models/`
+itself) is refused, never deleted. `check_run_dir` names the missing or damaged file of a
+run folder and says that the run must be saved again, instead of a raw errno, an EOFError
+or a broadcasting error at recommend time.
 
-No TensorFlow here (serving reads run folders without it).
+No TensorFlow here (serving reads run folders without it): the model's weights and
+towers are written by the caller of `RunArtifacts.save`, into its staging directory.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from twotower_utils.io import read_json, remove_stale_temporaries, write_json
+from twotower_utils.io import atomic_directory, read_json, remove_stale_temporaries, write_json
 
-__all__ = ["MANIFEST", "RUN_KIND", "RunDirectoryError", "check_run_dir", "check_save_target",
-           "load_history", "save_history", "write_manifest"]
+__all__ = ["MANIFEST", "RUN_KIND", "RunArtifacts", "RunDirectoryError", "check_run_dir",
+           "check_save_target", "load_history", "save_history", "write_manifest"]
 
 MANIFEST = "manifest.json"
 RUN_KIND = "twotower-run"
@@ -30,6 +36,8 @@ FORMAT_VERSION = 1
 # What `TwoTowerRecallSystem.load` and the serving tools read; the rest is optional.
 REQUIRED = ("config.json", "vocabularies.json", "feature_specs.json", "features.npz",
             "history.npz", "candidates.npy", "user_embeddings.npy", "item_embeddings.npy")
+FINGERPRINT = "fingerprint.json"  # = data.fingerprint.FINGERPRINT_FILE (not imported: serving
+# may not import the data stage's modules beyond data.processed)
 
 
 class RunDirectoryError(ValueError):
@@ -110,6 +118,118 @@ def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
         raise _damaged(run_dir, "item_embeddings.npy",
                        f"embedding sizes {sorted(dims)} differ between users and items")
     return manifest
+
+
+@dataclass
+class RunArtifacts:
+    """What a saved run is: the files of `models/<run_id>/`, as Python objects.
+
+    Indices: id at vocabulary position p has index p + 1; index 0 is out-of-vocabulary.
+
+    Attributes:
+        config: the run's resolved configuration (config.json, a dict).
+        user_vocab / item_vocab: the ids (vocabularies.json), lists of str.
+        features: the encoded feature tables, `{"user/<col>": array, ...}` (features.npz).
+        feature_specs: `{"user": [spec, ...], "item": [...]}` (feature_specs.json).
+        history: csr `[num_users, num_items]`, the train + validation positives that serving
+            feeds the user tower and excludes (history.npz).
+        candidates: bool `[num_items]`, the recommendable items (candidates.npy).
+        user_embeddings / item_embeddings: float32 `[num_users, d]` / `[num_items, d]`;
+            memory-mapped when loaded (a catalogue's table need not fit in memory).
+        training_history / training_summary: training_history.json / training.json, or None.
+        metrics: metrics.json (`{}` when the run was not evaluated).
+        fingerprint: fingerprint.json (the data stage's settings it was trained on), or None.
+        directory / manifest: where it was loaded from or saved to, and its manifest.json.
+    """
+
+    config: dict[str, Any]
+    user_vocab: list[str]
+    item_vocab: list[str]
+    features: dict[str, np.ndarray]
+    feature_specs: dict[str, list[dict[str, Any]]]
+    history: sp.csr_matrix
+    candidates: np.ndarray
+    user_embeddings: np.ndarray
+    item_embeddings: np.ndarray
+    training_history: dict[str, Any] | None = None
+    training_summary: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] | None = None
+    directory: Path | None = None
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_users(self) -> int:
+        """Number of user indices, including the out-of-vocabulary slot 0."""
+        return len(self.user_vocab) + 1
+
+    @property
+    def num_items(self) -> int:
+        """Number of item indices, including the out-of-vocabulary slot 0."""
+        return len(self.item_vocab) + 1
+
+    def save(self, directory: str | Path, run_id: str,
+             write_more: Callable[[Path], None] | None = None) -> Path:
+        """Write the run directory atomically; returns it (also kept in `directory`).
+
+        Takes the target (new, empty or a saved run, as `check_save_target`: else
+        FileExistsError and nothing is deleted), the run id for the manifest, and
+        `write_more(staging)`, called with the staging directory before the manifest, for
+        the parts this module cannot write without TensorFlow (the system's `weights/`,
+        `user_tower/` and `item_tower/`). Everything goes to a staging directory renamed
+        over the target at the end, `manifest.json` last: a folder with a manifest is whole.
+        """
+        target = check_save_target(directory)
+        with atomic_directory(target) as staging:
+            write_json(staging / "config.json", self.config)
+            write_json(staging / "vocabularies.json",
+                       {"user_id": list(self.user_vocab), "item_id": list(self.item_vocab)})
+            write_json(staging / "feature_specs.json", self.feature_specs)
+            np.savez(staging / "features.npz", **self.features)
+            save_history(staging / "history.npz", self.history)
+            np.save(staging / "candidates.npy", np.asarray(self.candidates))
+            np.save(staging / "user_embeddings.npy", np.asarray(self.user_embeddings))
+            np.save(staging / "item_embeddings.npy", np.asarray(self.item_embeddings))
+            for name, value in (("training_history.json", self.training_history),
+                                ("training.json", self.training_summary),
+                                ("metrics.json", self.metrics), (FINGERPRINT, self.fingerprint)):
+                if value:  # optional parts: absent rather than empty when unknown
+                    write_json(staging / name, value)
+            if write_more is not None:
+                write_more(staging)
+            write_manifest(staging, run_id)
+        self.directory = target
+        self.manifest = read_json(target / MANIFEST)
+        return target
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RunArtifacts:
+        """Read a run directory written by `save` (or `TwoTowerRecallSystem.save`).
+
+        Takes the directory; returns its `RunArtifacts`, embeddings memory-mapped. Raises
+        RunDirectoryError naming a missing or damaged file (`check_run_dir`, run first).
+        """
+        directory = Path(directory)
+        manifest = check_run_dir(directory)
+        vocab = read_json(directory / "vocabularies.json")
+        with np.load(directory / "features.npz") as archive:
+            features = {key: archive[key] for key in archive.files}
+
+        def optional(name: str):
+            return read_json(directory / name) if (directory / name).is_file() else None
+
+        return cls(
+            config=read_json(directory / "config.json"),
+            user_vocab=[str(v) for v in vocab["user_id"]],
+            item_vocab=[str(v) for v in vocab["item_id"]],
+            features=features, feature_specs=read_json(directory / "feature_specs.json"),
+            history=load_history(directory / "history.npz"),
+            candidates=np.load(directory / "candidates.npy"),
+            user_embeddings=np.load(directory / "user_embeddings.npy", mmap_mode="r"),
+            item_embeddings=np.load(directory / "item_embeddings.npy", mmap_mode="r"),
+            training_history=optional("training_history.json"),
+            training_summary=optional("training.json"), metrics=optional("metrics.json") or {},
+            fingerprint=optional(FINGERPRINT), directory=directory, manifest=manifest)
 
 
 def save_history(path: Path, matrix: sp.csr_matrix) -> None:

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from twotower_utils.data.processed import ID_FEATURE
 from twotower_utils.io import write_json
+from twotower_utils.serving.artifacts import RunArtifacts
 from twotower_utils.serving.indexes import INDEXES, apply_scann_params, default_scann_params
 from twotower_utils.serving.run import ServingRun, serving_settings
 
@@ -99,16 +100,16 @@ class _Recommender(tf.Module):
         self.user_tower = tf.saved_model.load(str(run.directory / "user_tower"))
         tower_inputs = self.user_tower.signatures["serving_default"].structured_input_signature
         self.tower_keys = set(tower_inputs[1])
-        specs = _read_specs(run.directory)
+        artifacts = run.artifacts or RunArtifacts.load(run.directory)
+        specs = artifacts.feature_specs.get("user", [])
         self.specs = [spec for spec in specs if spec["name"] in self.tower_keys]
         self.encoder = RawUserEncoder(self.specs)
         self.has_history = "history" in self.tower_keys
         self.exclude_seen = bool(exclude_seen)
         self.user_table = _table(list(run.user_ids))
         self.item_table = _table(list(run.item_ids))
-        with np.load(run.directory / "features.npz") as archive:
-            id_rows = archive.get(f"user/{ID_FEATURE}")
-            id_rows = np.arange(len(run.user_ids) + 1) if id_rows is None else id_rows
+        id_rows = artifacts.features.get(f"user/{ID_FEATURE}")
+        id_rows = np.arange(len(run.user_ids) + 1) if id_rows is None else id_rows
         # Large arrays are variables, so they live in the checkpoint, not the graph proto.
         self.id_rows = tf.Variable(id_rows.astype(np.int64), trainable=False)
         self.history_values = tf.Variable(run.history.indices.astype(np.int64),
@@ -194,19 +195,15 @@ class _Recommender(tf.Module):
         return {"item_ids": tf.where(empty, tf.constant(""), ids), "scores": scores}
 
 
-def _read_specs(run_dir: Path) -> list[dict[str, Any]]:
-    from twotower_utils.io import read_json
-
-    return read_json(run_dir / "feature_specs.json").get("user", [])
-
-
-def export_recommender(run: ServingRun | str | Path, path: str | Path, index: str | None = None,
-                       top_k: int | None = None, exclude_seen: bool = True,
+def export_recommender(run: ServingRun | RunArtifacts | str | Path, path: str | Path,
+                       index: str | None = None, top_k: int | None = None,
+                       exclude_seen: bool = True,
                        scann: dict[str, Any] | None = None) -> Path:
     """Write the recommender SavedModel for a saved run.
 
     Args:
-        run: a `ServingRun`, a run directory, or a `TwoTowerRecallSystem` (saved if needed).
+        run: a `ServingRun`, a `RunArtifacts` (saved), a run directory, or a
+            `TwoTowerRecallSystem` (saved if needed).
         path: the SavedModel directory (replaced if it exists).
         index: "brute_force" (exact) or "scann" (default: the run config's `serving.index`).
         top_k: list length k (default: `serving.top_k`).
@@ -218,7 +215,9 @@ def export_recommender(run: ServingRun | str | Path, path: str | Path, index: st
     """
     if isinstance(run, str | Path):
         run = ServingRun.from_dir(run)
-    elif not hasattr(run, "item_vectors"):  # duck-typed: `python -m` reloads ServingRun
+    elif isinstance(run, RunArtifacts):
+        run = ServingRun.from_artifacts(run)
+    elif not isinstance(run, ServingRun):  # a system (serving may not import it)
         run = ServingRun.from_system(run)
     settings = serving_settings(run.config)
     index = index or settings["index"]

@@ -20,7 +20,7 @@ import argparse
 import dataclasses
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from twotower_utils.config import ServingConfig
-from twotower_utils.io import read_json, write_json
-from twotower_utils.serving.artifacts import check_run_dir, load_history
+from twotower_utils.io import write_json
+from twotower_utils.serving.artifacts import RunArtifacts
 from twotower_utils.serving.indexes import INDEXES, ScannParams, build_index
 
 __all__ = ["SERVING_DEFAULTS", "ServingRun", "export_embeddings", "export_recommender",
@@ -79,7 +79,8 @@ class ServingRun:
     position p); `user_vectors` `[num_users, d]` and `item_vectors` `[num_items, d]`
     (memory-mapped float32); `history` (csr `[num_users, num_items]`, the train + validation
     positives that are excluded from recommendations); `candidates` (bool `[num_items]`, the
-    recommendable items); `config` (the run's resolved configuration, a dict).
+    recommendable items); `config` (the run's resolved configuration, a dict); `artifacts`
+    (the `RunArtifacts` these are views of, which reads and writes the run's files).
     """
 
     directory: Path
@@ -90,26 +91,29 @@ class ServingRun:
     history: sp.csr_matrix
     candidates: np.ndarray
     config: dict[str, Any]
+    artifacts: RunArtifacts | None = field(default=None, repr=False)
 
     @classmethod
     def from_dir(cls, run_dir: str | Path) -> ServingRun:
-        """Load a run directory written by `TwoTowerRecallSystem.save`.
+        """Load a run directory written by `TwoTowerRecallSystem.save` (`RunArtifacts.load`).
 
         Raises `RunDirectoryError` naming a missing or damaged file (`artifacts.check_run_dir`).
         """
-        run_dir = Path(run_dir)
-        check_run_dir(run_dir)
-        vocab = read_json(run_dir / "vocabularies.json")
+        return cls.from_artifacts(RunArtifacts.load(run_dir))
+
+    @classmethod
+    def from_artifacts(cls, artifacts: RunArtifacts) -> ServingRun:
+        """The serving view of a loaded or saved `RunArtifacts` (it must have a `directory`:
+        the SavedModel export reads the run's user tower from it)."""
+        if artifacts.directory is None:
+            raise ValueError("artifacts: not saved yet (no directory); save() it first")
         return cls(
-            directory=run_dir,
-            user_ids=np.asarray(vocab["user_id"], dtype=object).astype(str),
-            item_ids=np.asarray(vocab["item_id"], dtype=object).astype(str),
-            user_vectors=np.load(run_dir / "user_embeddings.npy", mmap_mode="r"),
-            item_vectors=np.load(run_dir / "item_embeddings.npy", mmap_mode="r"),
-            history=load_history(run_dir / "history.npz"),
-            candidates=np.load(run_dir / "candidates.npy"),
-            config=read_json(run_dir / "config.json"),
-        )
+            directory=Path(artifacts.directory),
+            user_ids=np.asarray(artifacts.user_vocab, dtype=object).astype(str),
+            item_ids=np.asarray(artifacts.item_vocab, dtype=object).astype(str),
+            user_vectors=artifacts.user_embeddings, item_vectors=artifacts.item_embeddings,
+            history=artifacts.history, candidates=artifacts.candidates,
+            config=artifacts.config, artifacts=artifacts)
 
     @classmethod
     def from_system(cls, system) -> ServingRun:
@@ -326,4 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # The package's copy of `main`, not this `__main__` one: the objects it makes are then
+    # the `ServingRun` that `export` checks for with isinstance.
+    from twotower_utils.serving.run import main as package_main
+
+    raise SystemExit(package_main())
