@@ -26,8 +26,24 @@ REQUIRED_FILES = (
 )
 
 
+class IndexCounts:
+    """`num_users` / `num_items` of an object with `user_vocab` / `item_vocab` (lists of ids):
+    the index space, vocabulary position p at index p + 1 and 0 out of vocabulary. Shared by
+    `ProcessedData` and a saved run's `RunArtifacts`."""
+
+    @property
+    def num_users(self) -> int:
+        """Number of user indices, including the out-of-vocabulary slot 0."""
+        return len(self.user_vocab) + 1
+
+    @property
+    def num_items(self) -> int:
+        """Number of item indices, including the out-of-vocabulary slot 0."""
+        return len(self.item_vocab) + 1
+
+
 @dataclass
-class ProcessedData:
+class ProcessedData(IndexCounts):
     """Splits, vocabularies, encoded features and training history of one dataset.
 
     Indices: id at vocabulary position p has index p + 1; index 0 is out-of-vocabulary.
@@ -53,16 +69,6 @@ class ProcessedData:
     explicit_negatives: pd.DataFrame = field(default_factory=lambda: empty_explicit_negatives())
     _user_index: dict[str, int] = field(default_factory=dict, repr=False)
     _item_index: dict[str, int] = field(default_factory=dict, repr=False)
-
-    @property
-    def num_users(self) -> int:
-        """Number of user indices, including the out-of-vocabulary slot 0."""
-        return len(self.user_vocab) + 1
-
-    @property
-    def num_items(self) -> int:
-        """Number of item indices, including the out-of-vocabulary slot 0."""
-        return len(self.item_vocab) + 1
 
     def user_index(self, user_id: Any) -> int:
         """Index of `user_id` (0 when unknown)."""

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from twotower_utils.data.processed import IndexCounts
 from twotower_utils.io import atomic_directory, read_json, remove_stale_temporaries, write_json
 
 __all__ = ["MANIFEST", "RUN_KIND", "RunArtifacts", "RunDirectoryError", "check_run_dir",
@@ -121,7 +122,7 @@ def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
 
 
 @dataclass
-class RunArtifacts:
+class RunArtifacts(IndexCounts):
     """What a saved run is: the files of `models/<run_id>/`, as Python objects.
 
     Indices: id at vocabulary position p has index p + 1; index 0 is out-of-vocabulary.
@@ -157,16 +158,6 @@ class RunArtifacts:
     fingerprint: dict[str, Any] | None = None
     directory: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def num_users(self) -> int:
-        """Number of user indices, including the out-of-vocabulary slot 0."""
-        return len(self.user_vocab) + 1
-
-    @property
-    def num_items(self) -> int:
-        """Number of item indices, including the out-of-vocabulary slot 0."""
-        return len(self.item_vocab) + 1
 
     def save(self, directory: str | Path, run_id: str,
              write_more: Callable[[Path], None] | None = None) -> Path:
