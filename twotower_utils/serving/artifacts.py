@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from twotower_utils.data.fingerprint import FINGERPRINT_FILE
 from twotower_utils.data.processed import IndexCounts
 from twotower_utils.io import atomic_directory, read_json, remove_stale_temporaries, write_json
 
@@ -37,8 +38,6 @@ FORMAT_VERSION = 1
 # What `TwoTowerRecallSystem.load` and the serving tools read; the rest is optional.
 REQUIRED = ("config.json", "vocabularies.json", "feature_specs.json", "features.npz",
             "history.npz", "candidates.npy", "user_embeddings.npy", "item_embeddings.npy")
-FINGERPRINT = "fingerprint.json"  # = data.fingerprint.FINGERPRINT_FILE (not imported: serving
-# may not import the data stage's modules beyond data.processed)
 
 
 class RunDirectoryError(ValueError):
@@ -183,7 +182,8 @@ class RunArtifacts(IndexCounts):
             np.save(staging / "item_embeddings.npy", np.asarray(self.item_embeddings))
             for name, value in (("training_history.json", self.training_history),
                                 ("training.json", self.training_summary),
-                                ("metrics.json", self.metrics), (FINGERPRINT, self.fingerprint)):
+                                ("metrics.json", self.metrics),
+                                (FINGERPRINT_FILE, self.fingerprint)):
                 if value:  # optional parts: absent rather than empty when unknown
                     write_json(staging / name, value)
             if write_more is not None:
@@ -220,7 +220,7 @@ class RunArtifacts(IndexCounts):
             item_embeddings=np.load(directory / "item_embeddings.npy", mmap_mode="r"),
             training_history=optional("training_history.json"),
             training_summary=optional("training.json"), metrics=optional("metrics.json") or {},
-            fingerprint=optional(FINGERPRINT), directory=directory, manifest=manifest)
+            fingerprint=optional(FINGERPRINT_FILE), directory=directory, manifest=manifest)
 
 
 def save_history(path: Path, matrix: sp.csr_matrix) -> None:
