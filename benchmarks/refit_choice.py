@@ -69,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     _common.use_ml100k_dir(args)
     overrides = {**_common.ML100K_OVERRIDES, **_common.set_overrides(parser, args)}
 
-    from twotower_utils.evaluation.protocol import evaluation_protocol
     from twotower_utils.model.fitting import refit
     from twotower_utils.system import TwoTowerRecallSystem
 
@@ -80,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         system = TwoTowerRecallSystem(
             args.config, {**overrides, **paths, "training.refit_with_validation": False},
             run_id="refit-choice", log=None)
-        system.data = nested_data(system.prepare_data(), args.holdout_seed)
-        # The system's test protocol (serving history, candidates) now reads the nested data.
-        system._test_protocol = evaluation_protocol(system.data, "test")
-        system._serving_history = system._test_protocol.exclude
-        system._candidates = system._test_protocol.candidates
+        system.use_data(nested_data(system.prepare_data(), args.holdout_seed))
         system.build_model()
         started = time.perf_counter()
         result = system.train_model(save=False)

@@ -103,15 +103,20 @@ class TwoTowerRecallSystem:
         directory = self.config.processed_dir(digest)
         if not (reuse and is_processed_for(directory, digest)):
             DataPreprocessor(self.config, log=self.log).run()
-        self.data = load_processed(directory)
+        return self.use_data(load_processed(directory))
+
+    def use_data(self, data: ProcessedData) -> ProcessedData:
+        """Train, evaluate and serve on `data` (what `prepare_data` loads, or splits made
+        elsewhere, e.g. a benchmark's nested holdout); returns it."""
+        self.data = data
         # Serving sees everything known before the test split: the test protocol's training
         # part (train + validation) is excluded and its items are the candidates.
-        self._test_protocol = evaluation_protocol(self.data, "test")
+        self._test_protocol = evaluation_protocol(data, "test")
         self._serving_history = self._test_protocol.exclude
         self._candidates = self._test_protocol.candidates
         self._user_vectors = self._item_vectors = None
         self._index = {}
-        return self.data
+        return data
 
     @property
     def strategy(self):
