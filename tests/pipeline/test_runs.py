@@ -79,6 +79,17 @@ def test_csv_content_is_part_of_the_fingerprint(project_root, tmp_path, small_sy
         after.settings["data.interactions_csv.sha256"]
 
 
+def test_the_data_format_version_is_part_of_the_fingerprint(project_root, monkeypatch):
+    from twotower_utils.data import fingerprint
+
+    config = load_config(project_root / "config.json")
+    current = data_fingerprint(config)
+    assert current.settings["format_version"] == fingerprint.FORMAT_VERSION
+    monkeypatch.setattr(fingerprint, "FORMAT_VERSION", fingerprint.FORMAT_VERSION - 1)
+    older = data_fingerprint(config)
+    assert older.digest != current.digest  # an older release's processed data is not reused
+
+
 def test_a_stage_of_run_a_refuses_the_data_of_run_b(project_root, tmp_path):
     config_path = project_root / "config.json"
     run_a = start_run(config_path, _overrides(tmp_path), "run-a")

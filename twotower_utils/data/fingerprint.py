@@ -7,6 +7,8 @@ section except where files live (`ml100k_dir`, `*_csv`: their content counts, no
 path), the synthetic generator's settings only for the synthetic dataset, and the two
 `model.use_*_features` switches the data stage reads. For a `csv` dataset the sha256 of each
 of its files is part of the key, so editing `interactions.csv` gives a new directory.
+`FORMAT_VERSION`, the layout and meaning of what the data stage writes, is part of it too:
+a release that changes them never reads processed data an older one left behind.
 MovieLens-100K is verified against its published hash when it is fetched, so its settings
 alone identify it.
 
@@ -21,9 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataFingerprint", "data_fingerprint", "describe_differences", "FINGERPRINT_FILE"]
+__all__ = ["DataFingerprint", "FINGERPRINT_FILE", "FORMAT_VERSION", "data_fingerprint",
+           "describe_differences"]
 
 FINGERPRINT_FILE = "fingerprint.json"  # inside a processed-data directory and a saved run
+# Bump whenever the data stage writes something different for the same settings (a new file,
+# a changed encoding, a fixed split): the digest changes, so stale processed data is not reused.
+FORMAT_VERSION = 2
 _PATH_KEYS = ("ml100k_dir", "users_csv", "items_csv", "interactions_csv")
 _CSV_KEYS = ("users_csv", "items_csv", "interactions_csv")
 _file_hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
@@ -53,7 +59,7 @@ def data_fingerprint(config) -> DataFingerprint:
     Raises FileNotFoundError naming the config key of a csv dataset's missing file.
     """
     data = config.to_dict()["data"]
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {"format_version": FORMAT_VERSION}
     for key, value in data.items():
         if key in _PATH_KEYS or (key == "synthetic" and data["dataset"] != "synthetic"):
             continue
