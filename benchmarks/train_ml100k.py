@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from twotower_utils.evaluation.metrics import evaluate_recommendations  # noqa: E402
+from twotower_utils.model.encoding import FeatureEncoding  # noqa: E402
 from twotower_utils.model.sampler import PairSampler  # noqa: E402
 from twotower_utils.model.training import Trainer  # noqa: E402
 from twotower_utils.model.two_tower import MODEL_DEFAULTS, feature_dim  # noqa: E402
@@ -62,12 +63,14 @@ class BareLoop(tf.Module):
                                    config.data.popularity_alpha, seed=0)
         for side, size in (("user", data.num_users), ("item", data.num_items)):
             specs = [] if mf_only else data.feature_specs.get(side, [])
-            side_vars, width, tables = {}, 0, {}
+            side_vars, width = {}, 0
+            # The towers' own encoding of the raw tables, as the package's model does.
+            tables = dict(FeatureEncoding(specs).encode_tables(
+                {spec["name"]: data.features[f"{side}/{spec['name']}"] for spec in specs}))
             if mf_only or side == "item" or options["use_user_id"]:
                 side_vars["id"] = self._var(init([size, self.d]))
                 width += self.d
             for spec in specs:
-                tables[spec["name"]] = tf.constant(data.features[f"{side}/{spec['name']}"])
                 if spec["type"] == "numeric":
                     width += 1
                 else:

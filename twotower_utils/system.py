@@ -298,13 +298,9 @@ class TwoTowerRecallSystem:
             raise KeyError(f"unknown item_id {item_id!r}: not in the vocabulary of this run; "
                            "pass item_features={...} (raw values, as in items.csv) to embed a "
                            "new item")
-        from twotower_utils.data.features import FeatureEncoder
-
         self._require_trained()
-        specs = self.data.feature_specs.get("item", [])
-        _check_feature_names("item", item_features, specs)
-        encoded = FeatureEncoder(specs).transform_record(item_features) if specs else {}
-        return self.model.embed_new("item", encoded)
+        _check_feature_names("item", item_features, self.data.feature_specs.get("item", []))
+        return self.model.embed_new("item", item_features)
 
     # ------------------------------------------------------------------ persistence
     def save(self, run_dir: str | Path | None = None) -> Path:
@@ -422,15 +418,13 @@ class TwoTowerRecallSystem:
                 f"unknown user_id {user_id!r}: not in the training vocabulary; pass "
                 "user_features={...} (raw feature values, as in users.csv) and/or "
                 "history_items=[item ids] to get cold-start recommendations")
-        from twotower_utils.data.features import FeatureEncoder
-
         self._require_trained()
-        specs = self.data.feature_specs.get("user", [])
-        _check_feature_names("user", user_features or {}, specs)
-        encoded = FeatureEncoder(specs).transform_record(user_features or {}) if specs else {}
+        _check_feature_names("user", user_features or {},
+                             self.data.feature_specs.get("user", []))
         items = np.asarray([self._known_index("item", i) for i in (history_items or [])],
                            np.int32)
-        return self.model.embed_new("user", encoded, items), items.astype(np.int64)
+        return (self.model.embed_new("user", user_features or {}, items),
+                items.astype(np.int64))
 
     def __repr__(self) -> str:
         state = "trained" if self._item_vectors is not None or self.training_result else "new"

@@ -1,10 +1,10 @@
-"""Feature encoders, split functions and negative sampling on small hand-made data."""
+"""Split functions and negative sampling on small hand-made data (the feature encoding is
+tested with the towers' layers, tests/model/test_encoding.py)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from twotower_utils.data.features import FeatureEncoder
 from twotower_utils.data.sampling import (
     item_sampling_probabilities,
     sample_negatives,
@@ -12,46 +12,6 @@ from twotower_utils.data.sampling import (
 )
 from twotower_utils.data.splits import split_mask
 from twotower_utils.io import atomic_directory
-
-# ----------------------------------------------------------------- features
-
-
-@pytest.fixture()
-def items():
-    return pd.DataFrame({
-        "item_id": ["a", "b", "c", "d"],
-        "kind": ["film", "show", None, "film"],
-        "year": [1990, 2000, None, 2010],
-        "tags": ["x|y", "y", "", "z|x|y"],
-    })
-
-
-def test_encoder_codes_categorical_numeric_and_multi_hot(items):
-    encoder = FeatureEncoder.fit(items, {"kind": "categorical", "year": "numeric",
-                                         "tags": "multi_hot"})
-    encoded = encoder.transform(items)
-    assert encoder.specs[0]["vocabulary"] == ["film", "show"]
-    np.testing.assert_array_equal(encoded["kind"], [1, 2, 0, 1])  # missing -> 0 (unknown)
-    np.testing.assert_allclose(encoded["year"], [-1.2247449, 0.0, 0.0, 1.2247449], rtol=1e-6)
-    assert encoded["tags"].shape == (4, 3)  # padded to the longest list
-    np.testing.assert_array_equal(encoded["tags"], [[1, 2, 0], [2, 0, 0], [0, 0, 0], [3, 1, 2]])
-
-
-def test_encoder_rebuilt_from_specs_encodes_a_new_record_the_same_way(items):
-    fitted = FeatureEncoder.fit(items, {"kind": "categorical", "tags": "multi_hot"})
-    rebuilt = FeatureEncoder(fitted.specs)
-    new = rebuilt.transform_record({"kind": "show", "tags": "z|unseen"})
-    assert new["kind"].tolist() == [2]
-    assert new["tags"].tolist() == [[3, 0, 0]]
-    unknown = rebuilt.transform_record({})
-    assert unknown["kind"].tolist() == [0]
-
-
-def test_encoder_names_missing_columns(items):
-    encoder = FeatureEncoder.fit(items, {"kind": "categorical"})
-    with pytest.raises(KeyError, match="feature columns missing: kind"):
-        encoder.transform(items.drop(columns="kind"))
-
 
 # ----------------------------------------------------------------- splits
 

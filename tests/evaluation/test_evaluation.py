@@ -326,8 +326,10 @@ def test_popularity_by_feature_hand_computed():
     # Training users per item: item 1 has 3, item 2 has 1, item 3 has 4; item 4 is cold.
     train = sp.csr_matrix(np.array([[0, 1, 1, 1, 0], [0, 1, 0, 1, 0], [0, 1, 0, 1, 0],
                                     [0, 0, 0, 1, 0]]))
-    features = {"genres": np.array([[0, 0], [1, 2], [2, 0], [3, 0], [2, 3]]),
-                "kind": np.array([0, 1, 1, 2, 0]), "year": np.array([0.0, 1.0, 2.0, 3.0, 4.0])}
+    # Raw values, as the data stage stores them ("" = missing; item 0 is the OOV row).
+    features = {"genres": np.array(["", "g1|g2", "g2", " g3", "g2|g3|"]),
+                "kind": np.array(["", "k1", "k1", "k2", ""]),
+                "year": np.array([np.nan, 1.0, 2.0, 3.0, 4.0])}
     specs = [{"name": "genres", "type": "multi_hot"}, {"name": "kind", "type": "categorical"},
              {"name": "year", "type": "numeric"}]
     model = PopularityByFeature().fit(train, features, specs)

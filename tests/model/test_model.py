@@ -162,7 +162,8 @@ def test_joined_members_embed_as_the_members_side_by_side(data, workdir, project
                                rtol=1e-5, atol=1e-6)
     first, second = members[0].item_embeddings(), members[1].item_embeddings()
     assert not np.allclose(first, second)  # members start apart (own seeds)
-    features = {spec["name"]: np.asarray([1] if spec["type"] == "categorical" else [0.5])
+    features = {spec["name"]: spec["vocabulary"][0] if spec["type"] == "categorical"
+                else spec["mean"] + 0.5 * spec["std"]
                 for spec in data.feature_specs["user"] if spec["type"] != "multi_hot"}
     np.testing.assert_allclose(
         joined.embed_new("user", features, history_items=np.array([1, 2])),

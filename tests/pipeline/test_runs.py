@@ -193,6 +193,11 @@ def test_damaged_run_folders_name_the_file_and_the_fix(tmp_path):
     (run / "item_embeddings.npy").unlink()
     with pytest.raises(RunDirectoryError, match="missing item_embeddings.npy.*saved again"):
         check_run_dir(run)
+    older = _fake_run(tmp_path / "older")
+    manifest = json.loads((older / "manifest.json").read_text())
+    (older / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    with pytest.raises(RunDirectoryError, match="run format 1, this release reads format 2"):
+        check_run_dir(older)
     with pytest.raises(RunDirectoryError, match="missing item_embeddings.npy"):
         TwoTowerRecallSystem.load(run, log=None)
     np.save(run / "item_embeddings.npy", np.zeros((5, 2), np.float32))

@@ -129,24 +129,6 @@ def test_exported_recommender_in_a_fresh_process_matches_recommend_items(
             "item_id"].tolist()[2:]
 
 
-def test_raw_user_encoder_matches_the_feature_encoder():
-    from twotower_utils.data.features import FeatureEncoder
-    from twotower_utils.serving.export import RawUserEncoder, raw_feature_signature
-
-    table = pd.DataFrame({"genre": ["a|b", "c", "", "b|zz|a|c"], "job": [" x", "y", "x", "q"],
-                          "age": [20.0, 31.5, np.nan, 44.0]})
-    encoder = FeatureEncoder.fit(table.iloc[:3], {"genre": "multi_hot", "job": "categorical",
-                                                  "age": "numeric"})
-    expected = encoder.transform(table)
-    spec = raw_feature_signature(encoder.specs)
-    assert spec["age"].dtype == tf.float64 and spec["job"].dtype == tf.string
-    got = RawUserEncoder(encoder.specs)({"genre": tf.constant(table["genre"].tolist()),
-                                         "job": tf.constant(table["job"].tolist()),
-                                         "age": tf.constant(table["age"].to_numpy())})
-    for name, values in expected.items():
-        np.testing.assert_array_equal(got[name].numpy(), values, err_msg=name)
-
-
 def _clustered(n, d=16, seed=0, clusters=40):
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(clusters, d))

@@ -12,19 +12,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from twotower_utils.data.features import FeatureEncoder
 from twotower_utils.logs import report
 
 __all__ = ["encoded_size", "report_features", "summarise"]
 
 
-def report_features(raw, model, user_encoder: FeatureEncoder,
-                     item_encoder: FeatureEncoder) -> dict[str, list[dict[str, Any]]]:
-    """Log each feature the towers get with its encoded size, and each declared feature a
-    `model.use_*_features` switch leaves out; returns `{side: [{name, type, size, ...}]}`."""
+def report_features(raw, model, feature_specs: dict[str, list[dict[str, Any]]]
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """Log each feature the towers get (`feature_specs[side]`, fitted) with its encoded size,
+    and each declared feature a `model.use_*_features` switch leaves out; returns
+    `{side: [{name, type, size, ...}]}`."""
     sizes: dict[str, list[dict[str, Any]]] = {}
-    for side, encoder in (("user", user_encoder), ("item", item_encoder)):
-        sizes[side] = [encoded_size(spec) for spec in encoder.specs]
+    for side in ("user", "item"):
+        sizes[side] = [encoded_size(spec) for spec in feature_specs[side]]
         for entry in sizes[side]:
             report(None, f"{side} feature {entry['name']!r} ({entry['type']}): "
                          f"{entry['encoded']}", logging.INFO)

@@ -1,12 +1,20 @@
-"""Feature encoders: raw user/item feature columns to the integer and float arrays the towers eat.
+"""Feature specs and raw feature values: what the towers' encoding layers are built from and read.
 
-A `FeatureEncoder` is fitted once on a feature table (users.csv or items.csv) and described by
-JSON-able specs, so the same encoding can be rebuilt at serving time for a new user or item
-(cold start) without the training data:
+The data stage fits one JSON-able spec per declared feature column of users.csv / items.csv
+(`fit_feature_specs`, the "adapt" step) and stores each column's raw values in one clean form
+(`raw_feature_values`). The encoding itself (value -> code, standardisation, multi-hot
+lists) is done by the towers' own Keras preprocessing layers
+(`twotower_utils.model.encoding.FeatureEncoding`), in training and in every exported
+SavedModel alike, so there is one encoder and no training/serving skew:
 
-- categorical: value -> code (value at vocabulary position p has code p + 1; 0 = unknown);
-- numeric: standardised with the fitted mean and standard deviation (missing -> 0, the mean);
-- multi_hot: `|`-separated values -> codes padded with 0 to the longest list seen.
+- categorical: the stripped value ("" = missing); a value at vocabulary position p gets code
+  p + 1, anything else 0 (unknown);
+- numeric: float64 (NaN = missing); standardised with the fitted mean and standard deviation,
+  missing -> 0 (the mean);
+- multi_hot: `|`-separated values; known ones become codes, padded with 0 to the longest list
+  seen in fitting.
+
+No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -65,59 +73,31 @@ def fit_feature_specs(table: pd.DataFrame, declared: Mapping[str, str]) -> list[
     return specs
 
 
-class FeatureEncoder:
-    """Encodes raw feature columns with fitted specs (see `fit_feature_specs`).
+def raw_feature_values(column: pd.Series, spec: Mapping[str, Any]) -> np.ndarray:
+    """One feature column in the form the encoding layers read: float64 (NaN = missing) for
+    a numeric spec, else a unicode array of stripped strings ("" = missing)."""
+    if spec["type"] == "numeric":
+        return pd.to_numeric(column, errors="coerce").astype("float64").to_numpy()
+    return _clean_strings(column).fillna("").to_numpy(dtype=str)
 
-    `FeatureEncoder(specs).transform(df)` returns `{column: array}` with one row per row of
-    `df`: int32 codes (categorical), float32 standardised values (numeric), or an int32
-    `[rows, max_len]` matrix of codes padded with 0 (multi_hot). Unknown values map to 0.
-    """
 
-    def __init__(self, specs: Iterable[Mapping[str, Any]]):
-        self.specs = [dict(spec) for spec in specs]
-        self._codes = {
-            spec["name"]: {value: code for code, value in enumerate(spec["vocabulary"], start=1)}
-            for spec in self.specs
-            if "vocabulary" in spec
-        }
+def raw_feature_tables(table: pd.DataFrame, specs: Iterable[Mapping[str, Any]]
+                       ) -> dict[str, np.ndarray]:
+    """`raw_feature_values` of every spec's column of `table`, keyed by column name; a missing
+    column raises a KeyError naming it and the columns the specs were fitted on."""
+    specs = list(specs)
+    missing = [spec["name"] for spec in specs if spec["name"] not in table.columns]
+    if missing:
+        raise KeyError(f"feature columns missing: {', '.join(missing)} (the specs were "
+                       f"fitted on {', '.join(spec['name'] for spec in specs)})")
+    return {spec["name"]: raw_feature_values(table[spec["name"]], spec) for spec in specs}
 
-    @classmethod
-    def fit(cls, table: pd.DataFrame, declared: Mapping[str, str]) -> FeatureEncoder:
-        """Fit on `table` for the declared `{column: type}` and return the encoder."""
-        return cls(fit_feature_specs(table, declared))
 
-    @property
-    def names(self) -> list[str]:
-        """The encoded column names, in declaration order."""
-        return [spec["name"] for spec in self.specs]
-
-    def transform(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Encode the declared columns of `table`; a missing column raises a KeyError naming it."""
-        missing = [name for name in self.names if name not in table.columns]
-        if missing:
-            raise KeyError(
-                f"feature columns missing: {', '.join(missing)} (the encoder was fitted on "
-                f"{', '.join(self.names)})"
-            )
-        return {spec["name"]: self._encode(spec, table[spec["name"]]) for spec in self.specs}
-
-    def transform_record(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Encode one raw record (a dict); absent features count as unknown."""
-        row = {name: [record.get(name)] for name in self.names}
-        return self.transform(pd.DataFrame(row, dtype=object))
-
-    def _encode(self, spec: Mapping[str, Any], column: pd.Series) -> np.ndarray:
-        kind, name = spec["type"], spec["name"]
-        if kind == "numeric":
-            numbers = pd.to_numeric(column, errors="coerce").astype("float64").to_numpy()
-            standardised = (numbers - spec["mean"]) / spec["std"]
-            return np.nan_to_num(standardised, nan=0.0).astype(np.float32)
-        codes = self._codes[name]
-        if kind == "categorical":
-            mapped = _clean_strings(column).map(codes)
-            return mapped.fillna(0).to_numpy(dtype=np.int32)
-        matrix = np.zeros((len(column), spec["max_len"]), dtype=np.int32)
-        for row, values in enumerate(_split_multi_hot(column)):
-            known = [codes[value] for value in values if value in codes][: spec["max_len"]]
-            matrix[row, : len(known)] = known
-        return matrix
+def raw_feature_record(record: Mapping[str, Any], specs: Iterable[Mapping[str, Any]]
+                       ) -> dict[str, np.ndarray]:
+    """One raw record (a dict, values as in the csv) as one-row `raw_feature_tables`; an
+    absent feature counts as missing."""
+    specs = list(specs)
+    row = pd.DataFrame({spec["name"]: [record.get(spec["name"])] for spec in specs},
+                       dtype=object)
+    return raw_feature_tables(row, specs)

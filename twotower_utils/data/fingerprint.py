@@ -29,7 +29,8 @@ __all__ = ["DataFingerprint", "FINGERPRINT_FILE", "FORMAT_VERSION", "data_finger
 FINGERPRINT_FILE = "fingerprint.json"  # inside a processed-data directory and a saved run
 # Bump whenever the data stage writes something different for the same settings (a new file,
 # a changed encoding, a fixed split): the digest changes, so stale processed data is not reused.
-FORMAT_VERSION = 2
+# 3: features.npz holds raw feature values (the towers encode them), not codes.
+FORMAT_VERSION = 3
 _PATH_KEYS = ("ml100k_dir", "users_csv", "items_csv", "interactions_csv")
 _CSV_KEYS = ("users_csv", "items_csv", "interactions_csv")
 _file_hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256

@@ -1,4 +1,4 @@
-"""`DataPreprocessor`: load -> validate -> encode -> split -> negatives -> save, without TensorFlow.
+"""`DataPreprocessor`: load -> validate -> fit specs -> split -> negatives -> save, no TensorFlow.
 
     preprocessor = DataPreprocessor("config.json")
     preprocessor.load_data(); preprocessor.split_data()
@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from twotower_utils.config import Config, ConfigError, load_config, parse_overrides
 from twotower_utils.data.datasummary import report_features, summarise
-from twotower_utils.data.features import FeatureEncoder
+from twotower_utils.data.features import fit_feature_specs, raw_feature_tables
 from twotower_utils.data.fingerprint import FINGERPRINT_FILE, data_fingerprint
 from twotower_utils.data.processed import EXPLICIT_NEGATIVES_FILE as EXPLICIT_FILE
 from twotower_utils.data.processed import (
@@ -79,10 +79,10 @@ class DataPreprocessor:
         downstream works on the positives. Duplicate and conflicting (user, item) rows are
         resolved while loading (`data.duplicates`, `data.conflicting_labels`), so no pair can
         reach two splits. Ids become vocabularies with an out-of-vocabulary slot at index 0;
-        feature encoders are fitted on the feature tables, and each feature is logged with its
-        encoded size, each column not used (on every side) by name. What loading drops or
-        changes is logged (`twotower_utils.data`, and to `log` unless `configure_logging`
-        shows it) and kept in the notes of `stats()`.
+        feature specs (vocabularies, means and deviations) are fitted on the feature tables,
+        and each feature is logged with its encoded size, each column not used (on every
+        side) by name. What loading drops or changes is logged (`twotower_utils.data`, and
+        to `log` unless `configure_logging` shows it) and kept in the notes of `stats()`.
         """
         from twotower_utils.data.datasets import load_dataset
 
@@ -104,10 +104,9 @@ class DataPreprocessor:
             self.item_vocab = _vocabulary(raw.items["item_id"], item_ids)
             self.user_features = raw.user_features if self.config.model.use_user_features else {}
             self.item_features = raw.item_features if self.config.model.use_item_features else {}
-            self.user_encoder = FeatureEncoder.fit(raw.users, self.user_features)
-            self.item_encoder = FeatureEncoder.fit(raw.items, self.item_features)
-            self.feature_sizes = report_features(raw, self.config.model,
-                                                  self.user_encoder, self.item_encoder)
+            self.feature_specs = {"user": fit_feature_specs(raw.users, self.user_features),
+                                  "item": fit_feature_specs(raw.items, self.item_features)}
+            self.feature_sizes = report_features(raw, self.config.model, self.feature_specs)
             self._user_index = _index_lookup(self.user_vocab)
             self._item_index = _index_lookup(self.item_vocab)
             indexed = raw.interactions.assign(
@@ -252,8 +251,7 @@ class DataPreprocessor:
             self.explicit_split.to_parquet(staging / EXPLICIT_FILE, index=False)
             write_json(staging / "vocabularies.json",
                        {"user_id": self.user_vocab, "item_id": self.item_vocab})
-            write_json(staging / "feature_specs.json",
-                       {"user": self.user_encoder.specs, "item": self.item_encoder.specs})
+            write_json(staging / "feature_specs.json", self.feature_specs)
             np.savez(staging / "features.npz", **self._feature_tables())
             history = self._history_matrix()
             np.savez(staging / "history.npz", indptr=history.indptr, indices=history.indices,
@@ -274,16 +272,16 @@ class DataPreprocessor:
     # ---------------------------------------------------------------- helpers
     def _feature_tables(self) -> dict[str, np.ndarray]:
         tables = {}
-        sides = (("user", self.raw.users, "user_id", self.user_vocab, self.user_encoder),
-                 ("item", self.raw.items, "item_id", self.item_vocab, self.item_encoder))
-        for side, table, id_column, vocab, encoder in sides:
-            # Row p + 1 holds the features of vocab[p]; ids without a feature row keep row 0's
-            # "unknown" encoding (zeros), the same as the out-of-vocabulary slot.
+        sides = (("user", self.raw.users, "user_id", self.user_vocab),
+                 ("item", self.raw.items, "item_id", self.item_vocab))
+        for side, table, id_column, vocab in sides:
+            # Row p + 1 holds the raw features of vocab[p] (the towers' encoding layers
+            # encode them); ids without a feature row are missing everywhere, like row 0, the
+            # out-of-vocabulary slot.
             rows = table.drop_duplicates(id_column).set_index(id_column).reindex(vocab)
-            for name, values in encoder.transform(rows.reset_index()).items():
-                padded = np.zeros((len(vocab) + 1,) + values.shape[1:], dtype=values.dtype)
-                padded[1:] = values
-                tables[f"{side}/{name}"] = padded
+            for name, values in raw_feature_tables(rows, self.feature_specs[side]).items():
+                missing = np.full(1, np.nan if values.dtype.kind == "f" else "", values.dtype)
+                tables[f"{side}/{name}"] = np.concatenate([missing, values])
             # Ids never seen in training share the OOV id embedding (an untrained row would
             # be noise); their features still place them: that is the cold-start path.
             seen = np.zeros(len(vocab) + 1, dtype=bool)

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from twotower_utils.data.features import FeatureEncoder
 from twotower_utils.data.fingerprint import FINGERPRINT_FILE
 from twotower_utils.io import read_json
 
@@ -44,10 +43,12 @@ class IndexCounts:
 
 @dataclass
 class ProcessedData(IndexCounts):
-    """Splits, vocabularies, encoded features and training history of one dataset.
+    """Splits, vocabularies, raw features and training history of one dataset.
 
     Indices: id at vocabulary position p has index p + 1; index 0 is out-of-vocabulary.
-    `features["user/<col>"]` / `features["item/<col>"]` are tables with one row per index;
+    `features["user/<col>"]` / `features["item/<col>"]` are tables with one row per index of
+    the raw values (`data.features.raw_feature_values`: stripped strings, "" = missing, or
+    float64, NaN = missing; row 0 is missing), which the towers' own layers encode;
     `features["user/__id__"]` maps an index to its id-embedding row (0 when unseen in training).
     `history` is the csr matrix [num_users, num_items] of training positives.
     `explicit_negatives`: the label-0 rows, never a positive of their user, with a `split`
@@ -83,13 +84,10 @@ class ProcessedData(IndexCounts):
         return self._item_index.get(str(item_id), 0)
 
     def side_features(self, side: str) -> dict[str, np.ndarray]:
-        """The feature tables of one side ("user" or "item"), keyed by column name."""
+        """The raw feature tables of one side ("user" or "item"), keyed by column name
+        (`__id__` included)."""
         prefix = f"{side}/"
         return {k[len(prefix):]: v for k, v in self.features.items() if k.startswith(prefix)}
-
-    def encoder(self, side: str) -> FeatureEncoder:
-        """A `FeatureEncoder` for new raw rows of one side (cold start)."""
-        return FeatureEncoder(self.feature_specs[side])
 
     def interactions(self, split: str) -> sp.csr_matrix:
         """Binary csr matrix [num_users, num_items] of the positives of `split`."""

@@ -64,6 +64,21 @@ class MostPopular:
         return np.tile(self.popularity_, (len(np.atleast_1d(user_idx)), 1))
 
 
+def _value_incidence(values: np.ndarray, kind: str) -> sp.csr_matrix:
+    """Binary `[items, distinct values]` matrix of which item has which (non-missing) value;
+    multi-hot values are split on "|" and stripped."""
+    column = pd.Series(np.asarray(values, dtype=str))
+    if kind == "multi_hot":
+        column = column.str.split("|").explode().str.strip()
+    rows = column.index.to_numpy()
+    codes, _ = pd.factorize(column.where(column != ""))  # missing -> -1
+    keep = codes >= 0
+    matrix = sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], codes[keep])),
+                           shape=(len(values), int(codes.max(initial=-1)) + 1))
+    matrix.sum_duplicates()
+    return matrix
+
+
 class PopularityByFeature:
     """Cold-item baseline: items scored by how popular their feature values are in training.
 
@@ -79,20 +94,16 @@ class PopularityByFeature:
 
     def fit(self, train: sp.spmatrix | sp.sparray, item_features: dict[str, np.ndarray],
             specs: Sequence[dict]) -> PopularityByFeature:
-        """Fit on `train` (sparse `[U, I]`) and the item feature tables (`name -> [I]` codes
-        or `[I, L]` padded multi-hot codes, 0 = unknown) described by `specs`; returns self."""
+        """Fit on `train` (sparse `[U, I]`) and the raw item feature tables (`name -> [I]`
+        strings, "" = missing, multi-hot `|`-separated: `ProcessedData.side_features("item")`)
+        described by `specs`; returns self."""
         counts = np.asarray(_binary_csr(train).sum(axis=0)).ravel()
         seen = counts > 0
         per_feature = []
         for spec in specs:
             if spec["type"] not in ("categorical", "multi_hot"):
                 continue
-            codes = np.asarray(item_features[spec["name"]]).reshape(len(counts), -1)
-            rows = np.repeat(np.arange(len(counts)), codes.shape[1])
-            values = codes.ravel()
-            keep = values > 0
-            incidence = sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], values[keep])),
-                                      shape=(len(counts), int(values.max(initial=0)) + 1))
+            incidence = _value_incidence(item_features[spec["name"]], spec["type"])
             incidence.data[:] = 1.0  # a value listed twice on one item counts once
             trained = incidence[seen]
             items_with = np.asarray(trained.sum(axis=0)).ravel()

@@ -1,7 +1,8 @@
 """One side of the two-tower model: `Tower` (ids, features and history -> embeddings).
 
-`Tower` is one side (user or item): an id embedding, the side's encoded features
-(categorical embeddings, standardised numerics, mean-pooled multi-hot lists) and, for users,
+`Tower` is one side (user or item): an id embedding, the side's features (encoded by its own
+Keras preprocessing layers, `FeatureEncoding`, then categorical embeddings, standardised
+numerics, mean-pooled multi-hot lists) and, for users,
 the mean embedding of their training items; then `Dense -> BatchNorm -> activation ->
 Dropout` per hidden layer and a projection to the shared embedding size (L2-normalised for
 cosine similarity). With `ensemble_size` K > 1 a tower holds K members that share nothing
@@ -14,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import tensorflow as tf
+
+from twotower_utils.model.encoding import FeatureEncoding
 
 __all__ = ["CheckpointedDropout", "Tower", "feature_dim"]
 
@@ -55,7 +58,10 @@ class Tower(tf.keras.Model):
         use_id: whether rows get an id embedding.
         dropouts: each member's dropout rate (default: `config.dropout` for all).
 
-    Call with a dict: `id` int `[B]` (embedding row), one entry per feature (int `[B]`
+    `encoding` (a `FeatureEncoding`) turns raw feature values into the codes below; `serve`
+    runs it and the tower in one call, as the exported SavedModel does.
+
+    Call with a dict: `id` int `[B]` (embedding row), one entry per encoded feature (int `[B]`
     categorical, float `[B]` numeric, int `[B, max_len]` multi-hot, 0 = unknown/padding) and,
     with history, either `history` (item indices: a `tf.RaggedTensor`, or a dense tensor
     padded with 0) or the pooled
@@ -72,6 +78,7 @@ class Tower(tf.keras.Model):
         self.members = members = config.ensemble_size
         self.side = side
         self.specs = [dict(spec) for spec in specs]
+        self.encoding = FeatureEncoding(self.specs, name=f"{side}_features")
         self.normalize = config.similarity == "cosine"
         self.id_embedding = (
             tf.keras.layers.Embedding(num_ids, members * dim, name=f"{side}_id_embedding")
@@ -179,14 +186,20 @@ class Tower(tf.keras.Model):
             x = projection(x)
         return tf.math.l2_normalize(x, axis=1) if self.normalize else x
 
-    def input_signature(self) -> dict[str, tf.TensorSpec]:
-        """TensorSpecs of the raw (unpooled) inputs: `id`, each feature, `history` (padded)."""
-        signature = {"id": tf.TensorSpec([None], tf.int32, name="id")}
-        for spec in self.specs:
-            kind = spec["type"]
-            signature[spec["name"]] = tf.TensorSpec(
-                [None, None] if kind == "multi_hot" else [None],
-                tf.float32 if kind == "numeric" else tf.int32, name=spec["name"])
+    def serve(self, inputs: dict[str, Any]) -> tf.Tensor:
+        """Embed raw rows (`raw_signature`): the features go through `encoding` first.
+        Inference only (no dropout); returns float32 `[B, output_dim]`."""
+        names = {spec["name"] for spec in self.specs}
+        encoded = self.encoding({name: inputs[name] for name in names})
+        rest = {key: value for key, value in inputs.items() if key not in names}
+        return self({**rest, **encoded}, training=False)
+
+    def raw_signature(self) -> dict[str, tf.TensorSpec]:
+        """TensorSpecs of `serve`'s inputs: `id` int32 `[B]` (embedding row), each raw
+        feature (`FeatureEncoding.signature`) and, with history, `history` int32 `[B, L]`
+        (item indices padded with 0)."""
+        signature = {"id": tf.TensorSpec([None], tf.int32, name="id"),
+                     **self.encoding.signature()}
         if self.history_embedding is not None:
             signature["history"] = tf.TensorSpec([None, None], tf.int32, name="history")
         return signature

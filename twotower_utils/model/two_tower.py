@@ -1,7 +1,8 @@
 """The two towers and the TFRS retrieval model trained with BCE over sampled negatives.
 
-`Tower` is one side (user or item): an id embedding, the side's encoded features
-(categorical embeddings, standardised numerics, mean-pooled multi-hot lists) and, for users,
+`Tower` is one side (user or item): an id embedding, the side's features (encoded by the
+tower's own preprocessing layers; categorical embeddings, standardised numerics, mean-pooled
+multi-hot lists) and, for users,
 the mean embedding of their training items; then `Dense -> BatchNorm -> activation ->
 Dropout` per hidden layer and a projection to the shared embedding size (L2-normalised for
 cosine similarity). The towers are separate Keras models, so the item tower can embed the
@@ -23,8 +24,9 @@ against `softmax_negatives` items shared by the batch (all training items when 0
 `loss="softmax"` is TFRS's in-batch `Retrieval` loss (computed directly, `losses.in_batch_softmax`).
 In training, the user's history is pooled after a random share of it (`history_dropout`) is
 left out, the denoising that lets the history aggregate generalise to unseen items.
-Everything the model needs from the data (feature tables, training history, sampling
-distribution) is held as constants, so a step is a pure function of two index tensors.
+Everything the model needs from the data (feature tables, encoded once by the towers'
+`FeatureEncoding` layers; training history; sampling distribution) is held as constants, so
+a step is a pure function of two index tensors.
 
 Model options beyond config.py's keys (read from `config.model` when present, else from
 `MODEL_DEFAULTS`, and overridable as `build_model(..., **options)`): `use_user_id`,
@@ -36,12 +38,15 @@ Input: any object with `num_users`, `num_items`, `features`, `feature_specs` and
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from twotower_utils.config import Config, ModelConfig
+from twotower_utils.data.features import raw_feature_record
 from twotower_utils.data.processed import ID_FEATURE
 from twotower_utils.model import losses
 from twotower_utils.model.ensemble import member_settings
@@ -127,11 +132,16 @@ class TwoTowerModel(tfrs.models.Model):
 
     def _build_tables(self, data) -> None:
         tables = {}
-        for side, size in (("user", self.num_users), ("item", self.num_items)):
-            tables[side] = {name[len(side) + 1:]: tf.constant(value)
-                            for name, value in data.features.items()
-                            if name.startswith(f"{side}/")}
-            tables[side].setdefault(ID_FEATURE, tf.range(size, dtype=tf.int32))
+        for side, size, tower in (("user", self.num_users, self.user_tower),
+                                  ("item", self.num_items, self.item_tower)):
+            raw = {name[len(side) + 1:]: value for name, value in data.features.items()
+                   if name.startswith(f"{side}/")}
+            # The towers' own preprocessing layers encode the raw tables, once: the same
+            # encoding an exported tower runs on a request.
+            tables[side] = dict(tower.encoding.encode_tables(raw))
+            ids = raw.get(ID_FEATURE)
+            tables[side][ID_FEATURE] = (tf.range(size, dtype=tf.int32) if ids is None
+                                        else tf.constant(ids, tf.int32))
         # Kept out of Keras' attribute tracking: these are data, not state to checkpoint.
         self.__dict__["_tables"] = tables
 
@@ -210,23 +220,19 @@ class TwoTowerModel(tfrs.models.Model):
                for s in range(0, len(item_idx), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.item_tower.output_dim), np.float32)
 
-    def embed_new(self, side: str, features: dict[str, np.ndarray],
+    def embed_new(self, side: str, features: dict[str, Any],
                   history_items: np.ndarray | None = None) -> np.ndarray:
         """Cold start: the embedding (`[d]`) of a user or item outside the vocabulary.
 
-        `features` holds one encoded row per feature of that side
-        (`FeatureEncoder.transform_record`; a missing feature counts as unknown);
+        `features` holds that side's raw feature values, as in users.csv / items.csv (a
+        missing feature counts as unknown); the tower's own `encoding` encodes them.
         `history_items` the item indices a new user interacted with. The id embedding is
         the out-of-vocabulary row.
         """
         tower = self.user_tower if side == "user" else self.item_tower
-        signature = tower.input_signature()
         inputs = {"id": tf.zeros([1], tf.int32)}
-        for spec in tower.specs:
-            value, given = signature[spec["name"]], features.get(spec["name"])
-            inputs[spec["name"]] = (tf.zeros([1] * len(value.shape), value.dtype)
-                                    if given is None
-                                    else tf.constant(np.asarray(given), value.dtype))
+        if tower.specs:
+            inputs.update(tower.encoding(raw_feature_record(features, tower.specs)))
         if tower.history_embedding is not None:
             items = np.asarray([] if history_items is None else history_items, np.int32)
             inputs["history"] = tf.RaggedTensor.from_row_lengths(items, [len(items)])

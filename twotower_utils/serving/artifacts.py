@@ -34,7 +34,8 @@ __all__ = ["MANIFEST", "RUN_KIND", "RunArtifacts", "RunDirectoryError", "check_r
 
 MANIFEST = "manifest.json"
 RUN_KIND = "twotower-run"
-FORMAT_VERSION = 1
+# 2: features.npz holds raw feature values and the towers encode them (their own layers).
+FORMAT_VERSION = 2
 # What `TwoTowerRecallSystem.load` and the serving tools read; the rest is optional.
 REQUIRED = ("config.json", "vocabularies.json", "feature_specs.json", "features.npz",
             "history.npz", "candidates.npy", "user_embeddings.npy", "item_embeddings.npy")
@@ -81,11 +82,12 @@ def write_manifest(directory: Path, run_id: str, extra: dict[str, Any] | None = 
 
 
 def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
-    """Check a saved run before it is loaded; returns its manifest (`{}` for runs saved
-    before manifests existed).
+    """Check a saved run before it is loaded; returns its manifest.
 
-    Raises RunDirectoryError naming the missing or unreadable file, or the embedding table
-    whose shape disagrees with the vocabularies, and saying the run must be saved again.
+    Raises RunDirectoryError for a run saved in another format (`FORMAT_VERSION` of its
+    manifest; a run without a manifest is older than any), naming the missing or unreadable
+    file, or the embedding table whose shape disagrees with the vocabularies, and saying the
+    run must be saved again.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -93,6 +95,12 @@ def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
                                 "TwoTowerRecallSystem.save() (models/<run_id>/)")
     remove_stale_temporaries(run_dir)
     manifest = read_json(run_dir / MANIFEST) if (run_dir / MANIFEST).is_file() else {}
+    saved_format = manifest.get("format", 0)
+    if saved_format != FORMAT_VERSION:
+        raise RunDirectoryError(
+            f"{run_dir}: saved in run format {saved_format}, this release reads format "
+            f"{FORMAT_VERSION} (format 2 stores raw features, which the towers encode "
+            "themselves); the run must be trained and saved again (rerun its training stage)")
     missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
     if missing:
         raise RunDirectoryError(
@@ -129,7 +137,7 @@ class RunArtifacts(IndexCounts):
     Attributes:
         config: the run's resolved configuration (config.json, a dict).
         user_vocab / item_vocab: the ids (vocabularies.json), lists of str.
-        features: the encoded feature tables, `{"user/<col>": array, ...}` (features.npz).
+        features: the raw feature tables, `{"user/<col>": array, ...}` (features.npz).
         feature_specs: `{"user": [spec, ...], "item": [...]}` (feature_specs.json).
         history: csr `[num_users, num_items]`, the train + validation positives that serving
             feeds the user tower and excludes (history.npz).

@@ -1,7 +1,8 @@
 """One SavedModel for online recall: raw user features in, top-k item ids and scores out.
 
-`export_recommender(run, path)` wraps a saved run's user tower (`<run>/user_tower/`), the
-feature encoding (`feature_specs.json`, done in-graph with lookup tables), the users' known
+`export_recommender(run, path)` wraps a saved run's user tower (`<run>/user_tower/`, which
+takes raw features and encodes them with the tower's own Keras preprocessing layers), the
+users' known
 history (train + validation, fed to the tower and excluded from the results) and an index
 over the candidate items' embeddings: exact brute force, or ScaNN's TensorFlow ops. Loading
 it needs TensorFlow only (plus `import scann` for the ScaNN variant, which registers its
@@ -38,15 +39,7 @@ from twotower_utils.serving.artifacts import RunArtifacts
 from twotower_utils.serving.indexes import INDEXES, apply_scann_params, default_scann_params
 from twotower_utils.serving.run import ServingRun, serving_settings
 
-__all__ = ["RawUserEncoder", "export_recommender", "export_tower", "raw_feature_signature"]
-
-
-def raw_feature_signature(specs: list[dict[str, Any]]) -> dict[str, tf.TensorSpec]:
-    """TensorSpecs of the raw user features: string `[B]` for categorical and multi-hot
-    (`|`-separated), float64 `[B]` for numeric."""
-    return {spec["name"]: tf.TensorSpec([None], tf.float64 if spec["type"] == "numeric"
-                                        else tf.string, name=spec["name"])
-            for spec in specs}
+__all__ = ["export_recommender", "export_tower"]
 
 
 def _table(keys: list[str], first_code: int = 1) -> tf.lookup.StaticHashTable:
@@ -55,41 +48,6 @@ def _table(keys: list[str], first_code: int = 1) -> tf.lookup.StaticHashTable:
     init = tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys), tf.string),
                                                tf.constant(values))
     return tf.lookup.StaticHashTable(init, default_value=0)
-
-
-class RawUserEncoder(tf.Module):
-    """`FeatureEncoder` in TensorFlow: raw user features -> the tower's encoded inputs.
-
-    Same rules: values are stripped; categorical value at vocabulary position p -> p + 1,
-    unknown -> 0; numeric standardised with the fitted mean/std in float64 (missing/NaN ->
-    0); multi-hot split on "|", unknown values dropped, truncated/padded with 0 to `max_len`.
-    """
-
-    def __init__(self, specs: list[dict[str, Any]]):
-        super().__init__(name="raw_user_encoder")
-        self.specs = [dict(spec) for spec in specs]
-        self.tables = {spec["name"]: _table(spec["vocabulary"]) for spec in self.specs
-                       if spec["type"] != "numeric"}
-
-    def __call__(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """Encode a dict of raw feature tensors (see `raw_feature_signature`)."""
-        out = {}
-        for spec in self.specs:
-            name, value = spec["name"], raw[spec["name"]]
-            if spec["type"] == "numeric":
-                scaled = (tf.cast(value, tf.float64) - spec["mean"]) / spec["std"]
-                scaled = tf.where(tf.math.is_nan(scaled), tf.zeros_like(scaled), scaled)
-                out[name] = tf.cast(scaled, tf.float32)
-            elif spec["type"] == "categorical":
-                out[name] = tf.cast(self.tables[name].lookup(tf.strings.strip(value)),
-                                    tf.int32)
-            else:
-                parts = tf.strings.strip(tf.strings.split(value, "|"))
-                codes = tf.ragged.map_flat_values(self.tables[name].lookup, parts)
-                codes = tf.ragged.boolean_mask(codes, codes > 0)
-                out[name] = tf.cast(codes.to_tensor(0, shape=[None, spec["max_len"]]),
-                                    tf.int32)
-        return out
 
 
 class _Recommender(tf.Module):
@@ -103,7 +61,9 @@ class _Recommender(tf.Module):
         artifacts = run.artifacts or RunArtifacts.load(run.directory)
         specs = artifacts.feature_specs.get("user", [])
         self.specs = [spec for spec in specs if spec["name"] in self.tower_keys]
-        self.encoder = RawUserEncoder(self.specs)
+        # The tower's signature holds the raw feature inputs its preprocessing layers read.
+        self.raw_signature = {name: spec for name, spec in tower_inputs[1].items()
+                              if name not in ("id", "history")}
         self.has_history = "history" in self.tower_keys
         self.exclude_seen = bool(exclude_seen)
         self.user_table = _table(list(run.user_ids))
@@ -147,7 +107,7 @@ class _Recommender(tf.Module):
         index = self.user_table.lookup(user_id)
         known = index > 0
         history = self._history(index, known, history_ids)
-        inputs = {"id": tf.cast(tf.gather(self.id_rows, index), tf.int32), **self.encoder(raw)}
+        inputs = {"id": tf.cast(tf.gather(self.id_rows, index), tf.int32), **raw}
         if self.has_history:
             inputs["history"] = tf.cast(history.to_tensor(0), tf.int32)
         return self.user_tower.serve(inputs)["embedding"], history
@@ -228,7 +188,7 @@ def export_recommender(run: ServingRun | RunArtifacts | str | Path, path: str | 
         raise ValueError(f"top_k = {top_k!r}: expected an integer >= 1")
     module = _Recommender(run, top_k, index, {**settings["scann"], **(scann or {})},
                           exclude_seen)
-    raw_spec = raw_feature_signature(module.specs)
+    raw_spec = module.raw_signature
     ids = tf.TensorSpec([None], tf.string, name="user_id")
     history_spec = tf.TensorSpec([None, None], tf.string, name="history_item_ids")
     exclude_spec = tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")
@@ -285,14 +245,15 @@ def export_recommender(run: ServingRun | RunArtifacts | str | Path, path: str | 
 def export_tower(model, side: str, path: str | Path) -> None:
     """Save one tower of `model` as a SavedModel with a `serving_default` signature.
 
-    The signature takes the tower's encoded inputs (`Tower.input_signature`: `id` int32
-    `[B]` = the `<side>/__id__` row, 0 if unknown; each feature as `FeatureEncoder` encodes
-    it; `history` int32 `[B, L]` item indices padded with 0, for a user tower with history)
-    and returns `{"embedding": float32 [B, d]}`.
+    The signature takes raw rows (`Tower.raw_signature`: `id` int32 `[B]` = the
+    `<side>/__id__` row, 0 if unknown; each raw feature, string `[B]` or float64 `[B]` for a
+    numeric one, encoded in-graph by the tower's own preprocessing layers; `history` int32
+    `[B, L]` item indices padded with 0, for a user tower with history) and returns
+    `{"embedding": float32 [B, d]}`.
     """
     tower = model.user_tower if side == "user" else model.item_tower
     module = tf.Module()
     module.tower = tower
-    module.serve = tf.function(lambda inputs: {"embedding": tower(inputs, training=False)},
-                               input_signature=[tower.input_signature()])
+    module.serve = tf.function(lambda inputs: {"embedding": tower.serve(inputs)},
+                               input_signature=[tower.raw_signature()])
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
