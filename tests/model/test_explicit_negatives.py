@@ -13,7 +13,7 @@ from twotower_utils.system import TwoTowerRecallSystem
 pytestmark = pytest.mark.tf
 
 DISLIKED_PER_CLUSTER = 6
-EPOCHS = 8
+EPOCHS = 12  # at 8 the effect sat at the 0.05 margin (+0.044 on this machine); at 12: +0.09
 
 
 def planted_files(folder):
