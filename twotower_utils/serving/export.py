@@ -27,6 +27,8 @@ Empty slots (fewer allowed items than k) hold item id "" and score -inf.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,20 @@ from twotower_utils.serving.indexes import INDEXES, apply_scann_params, default_
 from twotower_utils.serving.run import ServingRun, serving_settings
 
 __all__ = ["export_recommender", "export_tower"]
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logger():
+    """Hold TensorFlow's Python logger at ERROR while a SavedModel is written: saving a Keras
+    tower logs "Assets written to <temporary path>" and a get_config warning that would
+    otherwise fill every training report, and that say nothing about the run."""
+    logger = logging.getLogger("tensorflow")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _table(keys: list[str], first_code: int = 1) -> tf.lookup.StaticHashTable:
@@ -227,7 +243,8 @@ def export_recommender(run: ServingRun | RunArtifacts | str | Path, path: str | 
 
         shutil.rmtree(path)
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
-    tf.saved_model.save(module, str(path), signatures=signatures, options=options)
+    with _quiet_tensorflow_logger():
+        tf.saved_model.save(module, str(path), signatures=signatures, options=options)
     write_json(path / "serving.json", {
         "index": index, "k": int(top_k), "exclude_seen": bool(exclude_seen),
         "scann": module.params.to_dict() if index == "scann" else None,
@@ -256,4 +273,5 @@ def export_tower(model, side: str, path: str | Path) -> None:
     module.tower = tower
     module.serve = tf.function(lambda inputs: {"embedding": tower.serve(inputs)},
                                input_signature=[tower.raw_signature()])
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    with _quiet_tensorflow_logger():
+        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
