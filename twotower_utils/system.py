@@ -25,9 +25,8 @@ from twotower_utils.config import Config, config_from_dict, load_config
 from twotower_utils.data.fingerprint import data_fingerprint
 from twotower_utils.data.processed import ProcessedData, is_processed_for
 from twotower_utils.evaluation.protocol import evaluation_protocol
-from twotower_utils.io import write_json
 from twotower_utils.pipeline.runs import check_run_id
-from twotower_utils.serving.artifacts import RunArtifacts
+from twotower_utils.serving.artifacts import RunArtifacts, is_saved_run
 
 __all__ = ["TwoTowerRecallSystem"]
 
@@ -231,8 +230,8 @@ class TwoTowerRecallSystem:
                                  num_items=int(candidates.sum()))
         if split == "test" and given is None:
             self.metrics = result
-            if self.run_dir is not None and self.run_dir.is_dir():
-                write_json(self.run_dir / "metrics.json", result)
+            if self.run_dir is not None and is_saved_run(self.run_dir):
+                RunArtifacts.record_metrics(self.run_dir, result)
         return result
 
     # ------------------------------------------------------------------ serving

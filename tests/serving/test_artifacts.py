@@ -21,7 +21,7 @@ def _artifacts(users=3, items=4, dim=2) -> RunArtifacts:
         config={"model": {"similarity": "dot"}, "serving": {"top_k": 3}},
         user_vocab=[f"u{u}" for u in range(users)], item_vocab=[f"i{i}" for i in range(items)],
         features={"user/__id__": np.arange(users + 1, dtype=np.int32),
-                  "item/genre": rng.integers(0, 3, items + 1).astype(np.int32)},
+                  "item/genre": np.array(["", *rng.choice(["a", "b", ""], items)])},
         feature_specs={"user": [], "item": [{"name": "genre", "type": "categorical",
                                              "vocabulary": ["a", "b"]}]},
         history=history.astype(np.float32),
@@ -65,6 +65,24 @@ def test_a_save_and_load_round_trip_gives_back_equal_arrays(tmp_path):
     assert list(run.user_ids) == saved.user_vocab and list(run.item_ids) == saved.item_vocab
     np.testing.assert_array_equal(run.item_vectors, saved.item_embeddings)
     assert run.config == saved.config and run.dim == 2
+
+
+def test_metrics_recorded_after_the_save_are_listed_and_loaded(tmp_path):
+    bare = _artifacts()
+    bare.metrics = {}
+    target = bare.save(tmp_path / "run", "run")
+    assert "metrics.json" not in json.loads((target / "manifest.json").read_text())["files"]
+    RunArtifacts.record_metrics(target, {"ndcg@10": 0.5})
+    assert "metrics.json" in json.loads((target / "manifest.json").read_text())["files"]
+    assert RunArtifacts.load(target).metrics == {"ndcg@10": 0.5}
+    RunArtifacts.record_metrics(target, {"ndcg@10": 0.6})  # replaced, listed once
+    assert json.loads((target / "manifest.json").read_text())["files"].count("metrics.json") == 1
+    assert RunArtifacts.load(target).metrics == {"ndcg@10": 0.6}
+    assert not list(target.glob(".*.partial"))
+    (tmp_path / "mydocs").mkdir()
+    with pytest.raises(RunDirectoryError, match="not a saved run"):
+        RunArtifacts.record_metrics(tmp_path / "mydocs", {"ndcg@10": 0.5})
+    assert not (tmp_path / "mydocs" / "metrics.json").exists()
 
 
 def test_optional_parts_are_absent_when_unknown_and_a_save_replaces_only_a_run(tmp_path):

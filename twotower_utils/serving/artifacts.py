@@ -16,6 +16,7 @@ towers are written by the caller of `RunArtifacts.save`, into its staging direct
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from twotower_utils.data.processed import IndexCounts
 from twotower_utils.io import atomic_directory, read_json, remove_stale_temporaries, write_json
 
 __all__ = ["MANIFEST", "RUN_KIND", "RunArtifacts", "RunDirectoryError", "check_run_dir",
-           "check_save_target", "load_history", "save_history", "write_manifest"]
+           "check_save_target", "is_saved_run", "load_history", "save_history",
+           "write_manifest"]
 
 MANIFEST = "manifest.json"
 RUN_KIND = "twotower-run"
@@ -201,6 +203,23 @@ class RunArtifacts(IndexCounts):
         self.manifest = read_json(target / MANIFEST)
         return target
 
+    @staticmethod
+    def record_metrics(directory: str | Path, metrics: dict[str, Any]) -> Path:
+        """Write a saved run's `metrics.json` (its test metrics, known after the save) and
+        list it in the manifest; returns the file. Each file is replaced in one rename, so
+        an interruption leaves the old one whole. Raises RunDirectoryError if `directory`
+        is not a saved run."""
+        directory = Path(directory)
+        if not is_saved_run(directory):
+            raise RunDirectoryError(f"{directory}: not a saved run (no {MANIFEST}); save the "
+                                    "run before recording its metrics")
+        target = _replace_json(directory / "metrics.json", metrics)
+        manifest = read_json(directory / MANIFEST)
+        if target.name not in manifest.get("files", []):
+            manifest["files"] = sorted([*manifest.get("files", []), target.name])
+            _replace_json(directory / MANIFEST, manifest)
+        return target
+
     @classmethod
     def load(cls, directory: str | Path) -> RunArtifacts:
         """Read a run directory written by `save` (or `TwoTowerRecallSystem.save`).
@@ -229,6 +248,14 @@ class RunArtifacts(IndexCounts):
             training_history=optional("training_history.json"),
             training_summary=optional("training.json"), metrics=optional("metrics.json") or {},
             fingerprint=optional(FINGERPRINT_FILE), directory=directory, manifest=manifest)
+
+
+def _replace_json(path: Path, payload: Any) -> Path:
+    """`write_json` to a temporary file beside `path`, then one rename over it."""
+    partial = path.with_name(f".{path.name}.partial")
+    write_json(partial, payload)
+    os.replace(partial, path)
+    return path
 
 
 def save_history(path: Path, matrix: sp.csr_matrix) -> None:
