@@ -79,7 +79,8 @@ class TwoTowerRecallSystem:
         self._user_vectors = self._item_vectors = None
         self._index: dict[str, dict[str, int]] = {}
         self._untrained = False  # a model from build_model() that train_model() has not seen
-        self.artifacts: RunArtifacts | None = None  # the saved run this system was loaded from
+        # The run on disk: the one this system was loaded from, or last saved to.
+        self.artifacts: RunArtifacts | None = None
 
     @property
     def has_training_data(self) -> bool:
@@ -232,6 +233,8 @@ class TwoTowerRecallSystem:
             self.metrics = result
             if self.run_dir is not None and is_saved_run(self.run_dir):
                 RunArtifacts.record_metrics(self.run_dir, result)
+                if self.artifacts is not None:
+                    self.artifacts.metrics = result
         return result
 
     # ------------------------------------------------------------------ serving
@@ -340,7 +343,7 @@ class TwoTowerRecallSystem:
         target = artifacts.save(Path(run_dir) if run_dir else
                                 self.config.path("models_dir") / self.run_id,
                                 self.run_id, write_model)
-        self.run_dir = target
+        self.run_dir, self.artifacts = target, artifacts
         self.log(f"saved run to {target}")
         return target
 

@@ -117,10 +117,15 @@ class ServingRun:
 
     @classmethod
     def from_system(cls, system) -> ServingRun:
-        """The run of a `TwoTowerRecallSystem` (saved first if it has no run directory yet)."""
+        """The run of a `TwoTowerRecallSystem` (saved first if it has no run directory yet);
+        the system's own `RunArtifacts` when they are those of its run directory, else the
+        directory read back."""
         run_dir = getattr(system, "run_dir", None)
         if run_dir is None or not Path(run_dir).is_dir():
             run_dir = system.save()
+        artifacts = getattr(system, "artifacts", None)
+        if artifacts is not None and artifacts.directory == Path(run_dir):
+            return cls.from_artifacts(artifacts)
         return cls.from_dir(run_dir)
 
     @property
