@@ -141,3 +141,24 @@ def test_sigterm_during_training_then_continuing_matches_an_uninterrupted_run(tm
         if key in whole:
             assert resumed[key] == pytest.approx(whole[key], abs=1e-6)
     assert os.path.isdir(models / "killed")
+
+
+def test_a_dead_kernels_orphaned_task_prints_no_traceback_other_asyncio_errors_do(caplog):
+    import asyncio
+
+    from nbclient.exceptions import DeadKernelError
+
+    from twotower_utils.pipeline.interrupts import quiet_orphaned_kernel_errors
+
+    quiet_orphaned_kernel_errors()
+    quiet_orphaned_kernel_errors()  # idempotent: one filter
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level("ERROR", logger="asyncio"):
+            for error in (DeadKernelError("Kernel died"), RuntimeError("a real bug")):
+                loop.default_exception_handler({"message": "Task exception was never retrieved",
+                                                "exception": error})
+    finally:
+        loop.close()
+    messages = [r for r in caplog.records if r.name == "asyncio"]
+    assert [type(r.exc_info[1]).__name__ for r in messages] == ["RuntimeError"]

@@ -9,11 +9,13 @@ continue; `PipelineInterrupted` carries the one-line hint the CLI prints instead
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 
 from twotower_utils.pipeline.nbtools import StageError
 
-__all__ = ["PipelineInterrupted", "SignalsAsInterrupts", "is_interruption", "mark_interrupted"]
+__all__ = ["PipelineInterrupted", "SignalsAsInterrupts", "is_interruption", "mark_interrupted",
+           "quiet_orphaned_kernel_errors"]
 
 
 class PipelineInterrupted(KeyboardInterrupt):
@@ -34,6 +36,27 @@ def is_interruption(err: StageError) -> bool:
     """A cell stopped by Ctrl-C (the kernel shares the terminal's SIGINT) or a kernel that
     died (killed, out of memory) is an interruption to continue, not a bug in the stage."""
     return err.error.startswith(("KeyboardInterrupt", "DeadKernelError"))
+
+
+class _DropDeadKernelTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for nbclient's DeadKernelError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return type(error).__name__ != "DeadKernelError"
+
+
+def quiet_orphaned_kernel_errors() -> None:
+    """Keep a dead kernel's orphaned nbclient task from printing a traceback at exit.
+
+    When Ctrl-C stops the pipeline and its kernel together, nbclient's pending task ends in
+    DeadKernelError after the runner has already reported the stage as interrupted, and
+    asyncio logs it as "Task exception was never retrieved" with a full traceback: noise
+    after the one-line hint. Only that error is dropped; every other asyncio message stays.
+    """
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropDeadKernelTasks) for f in logger.filters):
+        logger.addFilter(_DropDeadKernelTasks())
 
 
 def mark_interrupted(summary: dict, record: dict, run_id: str, reason: str) -> None:

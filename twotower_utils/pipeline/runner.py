@@ -38,6 +38,7 @@ from twotower_utils.pipeline.interrupts import (
     SignalsAsInterrupts,
     is_interruption,
     mark_interrupted,
+    quiet_orphaned_kernel_errors,
 )
 from twotower_utils.pipeline.nbtools import (
     KERNEL_NAME,
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             changed = strip_outputs(sorted(NOTEBOOKS_DIR.glob("*.ipynb")))
             print(f"stripped {len(changed)} notebook(s)")
             return 0
+        quiet_orphaned_kernel_errors()
         overrides, params = parse_parameters(args.param, args.parameters_file)
         if args.dataset:
             for side in ("data.user_features", "data.item_features"):
