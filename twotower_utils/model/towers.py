@@ -190,7 +190,7 @@ class Tower(tf.keras.Model):
         """Embed raw rows (`raw_signature`): the features go through `encoding` first.
         Inference only (no dropout); returns float32 `[B, output_dim]`."""
         names = {spec["name"] for spec in self.specs}
-        encoded = self.encoding({name: inputs[name] for name in names})
+        encoded = self.encoding({name: inputs[name] for name in names}) if names else {}
         rest = {key: value for key, value in inputs.items() if key not in names}
         return self({**rest, **encoded}, training=False)
 
