@@ -72,9 +72,22 @@ def _running(pid: int) -> bool:
 
 
 def write_json(path: str | Path, payload: Any) -> Path:
-    """Write `payload` as indented JSON (numpy scalars converted); returns the path."""
+    """Write `payload` as indented JSON (numpy scalars converted); returns the path.
+
+    The text goes to a temporary file beside `path` first and replaces it in one rename, so
+    an interruption never leaves a half-written file (a run's manifest or metrics, a
+    summary): the old one stays whole. The payload is serialised before anything is written.
+    """
     path = Path(path)
-    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    text = json.dumps(payload, indent=2, default=_json_default) + "\n"
+    # Named by process, opened normally (so the file gets the usual permissions, not
+    # mkstemp's 0600: reports are shared).
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

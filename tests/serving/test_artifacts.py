@@ -78,7 +78,7 @@ def test_metrics_recorded_after_the_save_are_listed_and_loaded(tmp_path):
     RunArtifacts.record_metrics(target, {"ndcg@10": 0.6})  # replaced, listed once
     assert json.loads((target / "manifest.json").read_text())["files"].count("metrics.json") == 1
     assert RunArtifacts.load(target).metrics == {"ndcg@10": 0.6}
-    assert not list(target.glob(".*.partial"))
+    assert not list(target.glob(".*.partial"))  # no temporary file left beside them
     (tmp_path / "mydocs").mkdir()
     with pytest.raises(RunDirectoryError, match="not a saved run"):
         RunArtifacts.record_metrics(tmp_path / "mydocs", {"ndcg@10": 0.5})

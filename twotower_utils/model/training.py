@@ -32,7 +32,6 @@ papermill-executed notebook; the same numbers go to TensorBoard when a log direc
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ import tensorflow as tf
 from twotower_utils.config import Config
 from twotower_utils.evaluation.metrics import ranking_metrics, top_k_scores
 from twotower_utils.evaluation.protocol import scored_users, seen_items
+from twotower_utils.io import write_json
 from twotower_utils.model.distributed import is_default, worker_directory
 from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, MemberStopping, member_metrics
 from twotower_utils.model.resume import ResumeError, check_resumable, training_settings
@@ -430,9 +430,7 @@ class Trainer:
             state["wait"].assign_add(1)
         state["epoch"].assign(epoch)
         self.manager.save(checkpoint_number=epoch)
-        tmp = self.history_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(history, indent=1))
-        os.replace(tmp, self.history_path)
+        write_json(self.history_path, history)  # atomic: a kill never leaves half a log
         shown = ", ".join(f"{k[4:]} {v:.4f}" for k, v in record.items()
                           if k.startswith("val_") and k.endswith("@10"))
         self.log(f"epoch {epoch:3d}/{self.config.training.epochs}  loss {record['loss']:.4f}  "

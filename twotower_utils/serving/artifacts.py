@@ -16,7 +16,6 @@ towers are written by the caller of `RunArtifacts.save`, into its staging direct
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -206,18 +205,18 @@ class RunArtifacts(IndexCounts):
     @staticmethod
     def record_metrics(directory: str | Path, metrics: dict[str, Any]) -> Path:
         """Write a saved run's `metrics.json` (its test metrics, known after the save) and
-        list it in the manifest; returns the file. Each file is replaced in one rename, so
-        an interruption leaves the old one whole. Raises RunDirectoryError if `directory`
+        list it in the manifest; returns the file. `write_json` replaces each file in one
+        rename, so an interruption leaves the old one whole. Raises RunDirectoryError if `directory`
         is not a saved run."""
         directory = Path(directory)
         if not is_saved_run(directory):
             raise RunDirectoryError(f"{directory}: not a saved run (no {MANIFEST}); save the "
                                     "run before recording its metrics")
-        target = _replace_json(directory / "metrics.json", metrics)
+        target = write_json(directory / "metrics.json", metrics)
         manifest = read_json(directory / MANIFEST)
         if target.name not in manifest.get("files", []):
             manifest["files"] = sorted([*manifest.get("files", []), target.name])
-            _replace_json(directory / MANIFEST, manifest)
+            write_json(directory / MANIFEST, manifest)
         return target
 
     @classmethod
@@ -248,14 +247,6 @@ class RunArtifacts(IndexCounts):
             training_history=optional("training_history.json"),
             training_summary=optional("training.json"), metrics=optional("metrics.json") or {},
             fingerprint=optional(FINGERPRINT_FILE), directory=directory, manifest=manifest)
-
-
-def _replace_json(path: Path, payload: Any) -> Path:
-    """`write_json` to a temporary file beside `path`, then one rename over it."""
-    partial = path.with_name(f".{path.name}.partial")
-    write_json(partial, payload)
-    os.replace(partial, path)
-    return path
 
 
 def save_history(path: Path, matrix: sp.csr_matrix) -> None:
