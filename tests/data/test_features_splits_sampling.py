@@ -11,7 +11,7 @@ from twotower_utils.data.sampling import (
     sorted_unique,
 )
 from twotower_utils.data.splits import split_mask
-from twotower_utils.io import atomic_directory
+from twotower_utils.io import atomic_directory, read_json, write_json
 
 # ----------------------------------------------------------------- splits
 
@@ -137,3 +137,28 @@ def test_atomic_directory_keeps_the_previous_version_on_failure(tmp_path):
         raise RuntimeError("disk full")
     assert (target / "a.txt").read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging left behind
+
+
+def test_write_json_replaces_a_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    import os
+
+    target = write_json(tmp_path / "metrics.json", {"ndcg@10": 0.5})
+    assert oct(target.stat().st_mode & 0o077) == oct(0o666 & ~_umask() & 0o077)
+
+    def disk_full(src, dst):  # the rename fails after the new text was written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        write_json(target, {"ndcg@10": 0.6})
+    monkeypatch.undo()
+    assert read_json(target) == {"ndcg@10": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no partial file left
+
+
+def _umask() -> int:
+    import os
+
+    current = os.umask(0)
+    os.umask(current)
+    return current
