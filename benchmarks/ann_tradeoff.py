@@ -20,7 +20,7 @@ import _common  # noqa: F401  (first: the repository root on sys.path)
 import numpy as np
 from scale import mixture
 
-from twotower_utils.serving.indexes import scann_grid
+from twotower_utils.serving.indexes import format_grid, scann_grid
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         leaves, source = args.leaves, "Gaussian mixture"
     print(f"{source}: {int(candidates.sum()) if candidates is not None else len(items):,} "
           f"items x {items.shape[1]} dims, {len(users)} queries, k = {args.k}", flush=True)
-    return scann_grid(items, users, args.k, leaves, args.searched, args.reorder,
+    rows = scann_grid(items, users, args.k, leaves, args.searched, args.reorder,
                       candidates=candidates, latency_queries=len(users))
+    print(format_grid(rows, args.k))
+    return rows
 
 
 if __name__ == "__main__":

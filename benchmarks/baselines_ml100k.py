@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         config = load_config(PROJECT_ROOT / "config.json", {
             **_common.ML100K_OVERRIDES, "paths.processed_dir": scratch})
-        data = load_processed(DataPreprocessor(config, log=lambda _: None).run())
+        data = load_processed(DataPreprocessor(config).run())
     inner, validation, test = (data.interactions(s) for s in ("train", "validation", "test"))
     train = inner + validation
     print(f"train {train.nnz} rows ({validation.nnz} of them the validation split), "

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             "paths.raw_dir": f"{scratch}/raw",
             "paths.processed_dir": f"{scratch}/processed",
         })
-        data = load_processed(DataPreprocessor(config, log=lambda _: None).run())
+        data = load_processed(DataPreprocessor(config).run())
         print(f"catalogue: {data.num_users - 1:,} users x {data.num_items - 1:,} items, "
               f"{len(data.train):,} / {len(data.validation):,} / {len(data.test):,} "
               f"train / validation / test rows, split {config.data.split.method!r} "
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             users, items, protocol, protocol.depth))}
         lists, fit_seconds, tuning = timed(
             "baselines (most-popular + tuned EASE/kNN)",
-            lambda: analysis.baseline_top_lists(data, protocol.depth, log=None))
+            lambda: analysis.baseline_top_lists(data, protocol.depth))
         top_lists.update(lists)
         table = timed("metric table", lambda: analysis.metric_table(
             top_lists, protocol.relevant, k_values, metrics, int(protocol.candidates.sum())))

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             system = TwoTowerRecallSystem(
                 args.config, {**_common.ML100K_OVERRIDES, **paths, **overrides},
-                run_id=name, log=None)
+                run_id=name)
             system.prepare_data(reuse=True)
             result = system.train_model(save=False)
             test = system.evaluate_model(k_values=[10], metrics=("ndcg", "precision", "recall"))

@@ -90,8 +90,7 @@ def train_two_tower(config: Path, overrides: dict, seed: int, run_id: str):
     """Train one seed; returns (system, test metrics at K plus timings)."""
     from twotower_utils.system import TwoTowerRecallSystem
 
-    system = TwoTowerRecallSystem(config, {**overrides, "training.seed": seed}, run_id=run_id,
-                                  log=None)
+    system = TwoTowerRecallSystem(config, {**overrides, "training.seed": seed}, run_id=run_id)
     system.prepare_data(reuse=True)
     started = time.perf_counter()
     result = system.train_model(save=False)
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         from twotower_utils.data.preprocessing import DataPreprocessor, load_processed
 
         data = load_processed(DataPreprocessor(
-            load_config(args.config, overrides), log=lambda _: None).run())
+            load_config(args.config, overrides)).run())
         rows = baselines(data)
         jobs = [{"kind": "seed", "seed": seed, "overrides": overrides, "first": i == 0}
                 for i, seed in enumerate(args.seeds)]

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                  for name in ("processed_dir", "models_dir", "logs_dir")}
         system = TwoTowerRecallSystem(
             args.config, {**overrides, **paths, "training.refit_with_validation": False},
-            run_id="refit-choice", log=None)
+            run_id="refit-choice")
         system.use_data(nested_data(system.prepare_data(), args.holdout_seed))
         system.build_model()
         started = time.perf_counter()

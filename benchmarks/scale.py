@@ -77,7 +77,7 @@ def run_one(size: int, workdir: Path, save_embeddings: bool, items: int | None =
     }
     config = load_config(ROOT / "config.json", overrides)
     started = time.perf_counter()
-    DataPreprocessor(config, log=lambda _: None).run()
+    DataPreprocessor(config).run()
     preprocess = time.perf_counter() - started
     data = load_processed(config.processed_dir())
     after_data = _peak_gib()
@@ -88,8 +88,7 @@ def run_one(size: int, workdir: Path, save_embeddings: bool, items: int | None =
     model = build_model(data, config)
     trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
                       data.train["item_idx"].to_numpy(), data.interactions("validation"),
-                      data.history, checkpoint_dir=workdir / str(size) / "checkpoints",
-                      log=None)
+                      data.history, checkpoint_dir=workdir / str(size) / "checkpoints")
     result = trainer.fit()
     first, second = result.history[0], result.history[-1]
     pairs = len(data.train)

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from twotower_utils.evaluation.metrics import evaluate_recommendations  # noqa: E402
+from twotower_utils.logs import configure_logging  # noqa: E402
 from twotower_utils.model.encoding import FeatureEncoding  # noqa: E402
 from twotower_utils.model.sampler import PairSampler  # noqa: E402
 from twotower_utils.model.training import Trainer  # noqa: E402
@@ -193,6 +194,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    configure_logging()  # the data stage's and the epochs' progress lines
     system = TwoTowerRecallSystem(args.config, overrides, run_id=args.run_id)
     system.prepare_data()
     if args.step_timing_only:
@@ -241,8 +243,7 @@ def step_timing(system) -> dict:
     users, items = users[order], items[order]
     model = build_model(data, config)
     trainer = Trainer(model, config, users, items, data.interactions("validation"), data.history,
-                      checkpoint_dir=config.path("models_dir") / ".checkpoints" / "step-timing",
-                      log=None)
+                      checkpoint_dir=config.path("models_dir") / ".checkpoints" / "step-timing")
     # The bare loops must stay referenced: a tf.function method holds its object weakly.
     bare, bare_mf = BareLoop(data, config), BareLoop(data, config, mf_only=True)
     loops = {"project": trainer._step, "bare": bare.step, "bare_mf": bare_mf.step}

@@ -1,12 +1,26 @@
 """Shared fixtures. Tests that need MovieLens-100K read it from TWOTOWER_ML100K_DIR and skip
 with a clear reason where no local copy is configured; nothing here uses the network."""
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _package_logging_restored():
+    """Undo what a test does to the package logger (`configure_logging` attaches a handler
+    to a test's stream, sets a level and stops propagation), so no test sees another's
+    logging set-up."""
+    logger = logging.getLogger("twotower_utils")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")

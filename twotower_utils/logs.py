@@ -1,8 +1,11 @@
 """Logging for the package: one logger tree under `twotower_utils`, one handler on demand.
 
-Library code never configures logging itself (that belongs to whoever runs it); it logs to
-`twotower_utils.<module>` loggers, and the data stage to `twotower_utils.data`. Notebooks and
-CLIs call `configure_logging()` once to show those messages as plain lines:
+Library code never configures logging itself (that belongs to whoever runs it) and takes no
+`log=` callables: it logs to `twotower_utils.<module>` loggers, the data stage's decisions to
+`twotower_utils.data`. Progress (the data stage, one line per training epoch, the pipeline's
+stages) is INFO; what the data stage drops or changes is WARNING. Notebooks and CLIs call
+`configure_logging()` once to show those messages as plain lines; without it, only warnings
+reach stderr (Python's last-resort handler), so a script or test is quiet by default:
 
     from twotower_utils.logs import configure_logging
     configure_logging()            # INFO and above, to stdout
@@ -10,13 +13,11 @@ CLIs call `configure_logging()` once to show those messages as plain lines:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from collections.abc import Callable
 from typing import IO
 
-__all__ = ["DATA_LOGGER", "configure_logging", "forwarded", "is_configured", "report"]
+__all__ = ["DATA_LOGGER", "configure_logging", "is_configured", "report"]
 
 PACKAGE_LOGGER = "twotower_utils"
 DATA_LOGGER = "twotower_utils.data"  # everything the data stage drops, changes or decides
@@ -32,7 +33,10 @@ def configure_logging(level: int | str = "INFO", stream: IO[str] | None = None) 
     reports leave stderr out).
     Attaches one `StreamHandler` with the format `%(message)s` to the `twotower_utils`
     logger and sets that logger's level; a second call updates the same handler instead of
-    adding another (so no line is ever shown twice by us). Returns the handler.
+    adding another. The package's records then stop at that logger (`propagate = False`):
+    TensorFlow's absl logging puts a stderr handler on the root logger the first time it
+    logs (during a checkpoint save), which would otherwise print every line a second time.
+    Returns the handler.
     """
     if isinstance(level, str):
         resolved = logging.getLevelName(level.upper())
@@ -51,6 +55,7 @@ def configure_logging(level: int | str = "INFO", stream: IO[str] | None = None) 
         handler.setStream(target)
     handler.setLevel(level)
     logger.setLevel(level)
+    logger.propagate = False
     return handler
 
 
@@ -70,38 +75,3 @@ def report(notes: list[str] | None, message: str, level: int = logging.WARNING) 
     if notes is not None:
         notes.append(message)
     return message
-
-
-@contextlib.contextmanager
-def forwarded(log: Callable[[str], object] | None):
-    """Also hand the package's log messages to `log` while the block runs.
-
-    `DataPreprocessor(log=...)` predates logging: a caller that passes a callable still gets
-    every line. When `configure_logging` already shows the messages, nothing is forwarded,
-    so no line appears twice.
-    """
-    if log is None or is_configured():
-        yield
-        return
-    logger = logging.getLogger(PACKAGE_LOGGER)
-    handler = _CallableHandler(log)
-    previous = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
-
-
-class _CallableHandler(logging.Handler):
-    """A logging handler that passes each formatted message to a plain callable."""
-
-    def __init__(self, log: Callable[[str], object]):
-        super().__init__(logging.INFO)
-        self.log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.log(record.getMessage())

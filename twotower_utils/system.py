@@ -14,6 +14,7 @@ The run directory layout is in `save`.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from twotower_utils.pipeline.runs import check_run_id
 from twotower_utils.serving.artifacts import RunArtifacts, is_saved_run
 
 __all__ = ["TwoTowerRecallSystem"]
+
+logger = logging.getLogger(__name__)
 
 
 def _check_feature_names(side: str, given: dict[str, Any], specs: list[dict]) -> None:
@@ -52,7 +55,6 @@ class TwoTowerRecallSystem:
             digits, '.', '_' and '-' (no path separators, not '.' or '..'); default
             `<dataset>-<timestamp>`. Pass the same run_id with `train_model(resume=True)` to
             continue a killed run.
-        log: where progress lines go (None: silent).
         strategy: the `tf.distribute.Strategy` to train under (None: `make_strategy` of
             `training.distribution_strategy`, see `model.distributed`).
 
@@ -62,13 +64,12 @@ class TwoTowerRecallSystem:
 
     def __init__(self, config_path: str | Path = "config.json",
                  overrides: dict[str, Any] | None = None, run_id: str | None = None,
-                 log=print, strategy=None, *, _config: Config | None = None):
+                 strategy=None, *, _config: Config | None = None):
         # `_config` is `load`'s way in: a saved run's resolved configuration, not a file.
         self.config: Config = _config or load_config(config_path, overrides)
         self._strategy = strategy
         self.run_id = check_run_id(run_id, "run_id") if run_id is not None else (
             f"{self.config.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-        self.log = log or (lambda _line: None)
         self.data = None
         self.model = None
         self.training_result = None
@@ -102,7 +103,7 @@ class TwoTowerRecallSystem:
         digest = data_fingerprint(self.config).digest
         directory = self.config.processed_dir(digest)
         if not (reuse and is_processed_for(directory, digest)):
-            DataPreprocessor(self.config, log=self.log).run()
+            DataPreprocessor(self.config).run()
         return self.use_data(load_processed(directory))
 
     def use_data(self, data: ProcessedData) -> ProcessedData:
@@ -344,19 +345,19 @@ class TwoTowerRecallSystem:
                                 self.config.path("models_dir") / self.run_id,
                                 self.run_id, write_model)
         self.run_dir, self.artifacts = target, artifacts
-        self.log(f"saved run to {target}")
+        logger.info(f"saved run to {target}")
         return target
 
     @classmethod
-    def load(cls, run_dir: str | Path, log=print) -> TwoTowerRecallSystem:
+    def load(cls, run_dir: str | Path) -> TwoTowerRecallSystem:
         """A saved run, ready to recommend without retraining (the model is rebuilt from the
         saved weights only when the cold-start path needs it).
 
-        Takes the run directory (RunDirectoryError names a missing or damaged file) and the
-        log; returns a system whose `artifacts` (and `data`) is the run's `RunArtifacts`.
+        Takes the run directory (RunDirectoryError names a missing or damaged file); returns
+        a system whose `artifacts` (and `data`) is the run's `RunArtifacts`.
         """
         artifacts = RunArtifacts.load(run_dir)
-        system = cls(log=log, _config=config_from_dict(artifacts.config, root=Path.cwd()))
+        system = cls(_config=config_from_dict(artifacts.config, root=Path.cwd()))
         # The folder's name, whatever it is (a run id is only checked when one is made).
         system.run_id, system.run_dir = artifacts.directory.name, artifacts.directory
         system.artifacts = system.data = artifacts

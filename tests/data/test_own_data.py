@@ -129,7 +129,7 @@ def test_label_errors_name_the_key_column_row_and_fix(tmp_path):
 def test_data_stage_says_what_is_used_labels_features_and_unused_columns(tmp_path, caplog):
     write_raw(tmp_path / "raw")
     config = own_config(tmp_path, tmp_path / "raw", **{"data.label": "rating >= 4"})
-    preprocessor = DataPreprocessor(config, log=None)
+    preprocessor = DataPreprocessor(config)
     with caplog.at_level(logging.INFO, logger="twotower_utils"):
         directory = preprocessor.run()
     logged = caplog.text

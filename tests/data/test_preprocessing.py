@@ -29,7 +29,7 @@ def _synthetic_config(project_root, tmp_path, **overrides):
 
 @pytest.fixture()
 def synthetic(project_root, tmp_path):
-    preprocessor = DataPreprocessor(_synthetic_config(project_root, tmp_path), log=lambda _: None)
+    preprocessor = DataPreprocessor(_synthetic_config(project_root, tmp_path))
     directory = preprocessor.run()
     return preprocessor, load_processed(directory)
 
@@ -42,7 +42,7 @@ def test_benchmark_split_on_movielens_is_the_reference_protocol(project_root, tm
         "paths.raw_dir": str(tmp_path / "raw"),
         "paths.processed_dir": str(tmp_path / "processed"),
     })
-    data = load_processed(DataPreprocessor(config, log=lambda _: None).run())
+    data = load_processed(DataPreprocessor(config).run())
     assert len(data.test) == 24_934
     assert len(data.train) + len(data.validation) == 75_066
     lines = sorted(f"{u}\t{i}" for u, i in zip(data.test["user_id"], data.test["item_id"]))
@@ -93,7 +93,7 @@ def test_negatives_are_saved_per_positive_and_exclude_training_positives(synthet
 
 def test_cold_items_split_marks_test_items_unseen_in_training(project_root, tmp_path):
     config = _synthetic_config(project_root, tmp_path, **{"data.split.method": "cold_items"})
-    data = load_processed(DataPreprocessor(config, log=lambda _: None).run())
+    data = load_processed(DataPreprocessor(config).run())
     assert set(data.test["item_id"]).isdisjoint(data.train["item_id"])
     cold = data.test["item_idx"].to_numpy()
     assert (data.features["item/__id__"][cold] == 0).all()  # id embedding falls back to OOV

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from log_capture import captured_log
 
 from twotower_utils.evaluation.baselines import (
     EASE,
@@ -150,9 +151,9 @@ class _Data:
 
 @pytest.mark.parametrize("max_dim", [5_000, 10])
 def test_baseline_top_lists_names_the_baseline_that_ran(max_dim):
-    lines = []
-    lists, seconds, tuning = analysis.baseline_top_lists(_Data(4), 10, fast=True,
-                                                         ease_max_dim=max_dim, log=lines.append)
+    with captured_log() as lines:
+        lists, seconds, tuning = analysis.baseline_top_lists(_Data(4), 10, fast=True,
+                                                             ease_max_dim=max_dim)
     name = "ease" if max_dim > 60 else "item_knn"
     assert set(lists) == {"most_popular", name} and set(seconds) == set(lists)
     assert tuning.attrs["baseline"] == name and lines == [tuning.attrs["note"]]

@@ -386,7 +386,7 @@ def test_ml100k_baselines_match_published(ml100k_dir, tmp_path):
         "paths.raw_dir": str(tmp_path / "raw"),
         "paths.processed_dir": str(tmp_path / "processed"),
     })
-    data = load_processed(DataPreprocessor(config, log=lambda _: None).run())
+    data = load_processed(DataPreprocessor(config).run())
     train = data.interactions("train") + data.interactions("validation")
     test = data.interactions("test")
     assert test.nnz == 24_934

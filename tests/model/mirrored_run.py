@@ -31,7 +31,7 @@ class Killed(Exception):
 
 def _run(config_path, overrides, strategy, run_id, resume=False, kill_after=None) -> dict:
     """Train one run; returns its summary (None when it was killed)."""
-    system = TwoTowerRecallSystem(config_path, overrides, run_id=run_id, log=None,
+    system = TwoTowerRecallSystem(config_path, overrides, run_id=run_id,
                                   strategy=strategy)
     system.prepare_data(reuse=True)
 

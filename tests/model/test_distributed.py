@@ -43,7 +43,7 @@ def setup(project_root, tmp_path_factory):
     overrides = {**TINY, **{f"paths.{name}": str(work / name)
                             for name in ("raw_dir", "processed_dir", "models_dir", "logs_dir")}}
     config = load_config(project_root / "config.json", overrides)
-    DataPreprocessor(config, log=lambda _: None).run()
+    DataPreprocessor(config).run()
     return overrides, config, load_processed(config.processed_dir())
 
 
@@ -107,7 +107,7 @@ def _train(project_root, overrides, run_id, strategy=None):
     from twotower_utils.system import TwoTowerRecallSystem
 
     system = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id=run_id,
-                                  log=None, strategy=strategy)
+                                  strategy=strategy)
     system.prepare_data(reuse=True)
     result = system.train_model(save=False)
     return SimpleNamespace(replicas=system.strategy.num_replicas_in_sync,

@@ -56,7 +56,7 @@ def settings(tmp_path_factory):
 
 def system_for(project_root, settings, **extra):
     system = TwoTowerRecallSystem(project_root / "config.json", {**settings, **extra},
-                                  run_id=f"explicit{len(extra)}", log=None)
+                                  run_id=f"explicit{len(extra)}")
     system.prepare_data(reuse=True)
     system.build_model()
     return system

@@ -27,8 +27,7 @@ def systems(tmp_path_factory, project_root):
     built = {}
     for name, extra in (("single", {}), ("ensemble", MEMBERS)):
         system = TwoTowerRecallSystem(project_root / "config.json",
-                                      {**SMALL_SYNTHETIC, **paths, **extra}, run_id=name,
-                                      log=None)
+                                      {**SMALL_SYNTHETIC, **paths, **extra}, run_id=name)
         system.prepare_data(reuse=True)
         system.build_model()
         built[name] = system
@@ -70,8 +69,7 @@ def test_a_model_without_bce_members_says_so(project_root, tmp_path):
     paths = {f"paths.{name}": str(tmp_path / name)
              for name in ("raw_dir", "processed_dir", "models_dir", "logs_dir")}
     system = TwoTowerRecallSystem(project_root / "config.json",
-                                  {**SMALL_SYNTHETIC, **paths, "training.loss": "softmax"},
-                                  log=None)
+                                  {**SMALL_SYNTHETIC, **paths, "training.loss": "softmax"})
     system.prepare_data()
     system.build_model()
     with pytest.raises(ValueError, match="lays out that loss only"):

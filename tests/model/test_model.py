@@ -11,6 +11,7 @@ pytestmark = pytest.mark.tf
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 tf = pytest.importorskip("tensorflow")
 
+from log_capture import captured_log  # noqa: E402
 from synthetic_settings import SMALL_SYNTHETIC  # noqa: E402
 
 from twotower_utils.config import load_config  # noqa: E402
@@ -47,7 +48,7 @@ def config(project_root, workdir):
 @pytest.fixture(scope="module")
 def data(config):
     """Processed synthetic data (preprocessed once for the module)."""
-    DataPreprocessor(config, log=lambda _: None).run()
+    DataPreprocessor(config).run()
     return load_processed(config.processed_dir())
 
 
@@ -56,11 +57,11 @@ def system(project_root, workdir, data):
     """A trained and saved `TwoTowerRecallSystem` on the synthetic data."""
     from twotower_utils.system import TwoTowerRecallSystem
 
-    lines = []
     system = TwoTowerRecallSystem(project_root / "config.json", small_overrides(workdir),
-                                  run_id="main", log=lines.append)
-    system.prepare_data(reuse=True)
-    system.train_model()
+                                  run_id="main")
+    with captured_log() as lines:
+        system.prepare_data(reuse=True)
+        system.train_model()
     system.log_lines = lines
     return system
 
@@ -301,13 +302,11 @@ def test_kill_and_resume_ends_with_the_same_weights_and_metrics(system, project_
             raise Killed
 
     overrides = small_overrides(workdir)
-    first = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="killed",
-                                 log=None)
+    first = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="killed")
     first.prepare_data(reuse=True)
     with pytest.raises(Killed):
         first.train_model(callbacks=[kill_after_two])
-    second = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="killed",
-                                  log=None)
+    second = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="killed")
     second.prepare_data(reuse=True)
     result = second.train_model(resume=True)
     assert result.resumed_from == 2
@@ -322,14 +321,14 @@ def test_refit_trains_afresh_on_train_and_validation_for_the_best_epoch_count(
         system, project_root, workdir):
     from twotower_utils.system import TwoTowerRecallSystem
 
-    lines = []
     refit = TwoTowerRecallSystem(
         project_root / "config.json",
         small_overrides(workdir, **{"training.refit_with_validation": True,
                                     "training.refit_from": "scratch"}),
-        run_id="refit", log=lines.append)
+        run_id="refit")
     data = refit.prepare_data(reuse=True)
-    result = refit.train_model(save=False)
+    with captured_log() as lines:
+        result = refit.train_model(save=False)
     # The validation phase is the same run as the fixture's; the refit adds a second model.
     assert result.best_epoch == system.training_result.best_epoch
     assert result.extra["refit_epochs"] == result.best_epoch
@@ -349,13 +348,13 @@ def test_refit_continues_the_early_stopped_model_on_train_and_validation(
     from twotower_utils.system import TwoTowerRecallSystem
 
     def refit_system(run_id, learning_rate):
-        lines = []
         refit = TwoTowerRecallSystem(project_root / "config.json", small_overrides(workdir, **{
             "training.refit_with_validation": True, "training.refit_from": "early_stopped",
             "training.refit_epochs": 2,
-            "training.refit_learning_rate": learning_rate}), run_id=run_id, log=lines.append)
+            "training.refit_learning_rate": learning_rate}), run_id=run_id)
         refit.prepare_data(reuse=True)
-        return refit, refit.train_model(save=False), lines
+        with captured_log() as lines:
+            return refit, refit.train_model(save=False), lines
 
     # A vanishing learning rate leaves the weights where early stopping left them: the
     # refit starts from them, not from a fresh initialisation.
@@ -382,7 +381,7 @@ def test_cold_items_split_validates_among_the_cold_validation_items(project_root
     system = TwoTowerRecallSystem(
         project_root / "config.json",
         small_overrides(tmp_path, **{"data.split.method": "cold_items", "training.epochs": 2}),
-        run_id="cold", log=None)
+        run_id="cold")
     data = system.prepare_data()
     assert not set(data.validation["item_idx"]) & set(data.train["item_idx"])
     result = system.train_model(save=False)
@@ -396,8 +395,7 @@ def test_early_stopping_restores_the_best_epochs_weights(data, project_root, wor
     overrides = small_overrides(workdir, **{"training.epochs": 6,
                                             "training.early_stopping_patience": 1,
                                             "training.learning_rate": 0.2})
-    system = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="early",
-                                  log=None)
+    system = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="early")
     system.prepare_data(reuse=True)
     result = system.train_model(save=False)
     best = max(r["val_ndcg@10"] for r in result.history)
@@ -466,7 +464,7 @@ def ensemble_system(project_root, workdir, data):
     system = TwoTowerRecallSystem(
         project_root / "config.json",
         small_overrides(workdir, **{"model.ensemble_size": 2, "training.epochs": 2}),
-        run_id="ensemble", log=None)
+        run_id="ensemble")
     system.prepare_data(reuse=True)
     system.train_model()
     return system
@@ -482,7 +480,7 @@ def test_a_saved_run_reloads_and_recommends_identically(which, request):
     assert (run_dir / "item_embeddings.npy").is_file()
     assert (run_dir / "user_tower" / "saved_model.pb").is_file()
     assert not list(run_dir.parent.glob(f".{run_dir.name}.tmp-*"))
-    loaded = TwoTowerRecallSystem.load(run_dir, log=None)
+    loaded = TwoTowerRecallSystem.load(run_dir)
     # Built through __init__ (no __new__), holding the run's RunArtifacts as its data.
     assert isinstance(loaded.artifacts, RunArtifacts) and loaded.data is loaded.artifacts
     assert system.has_training_data and not loaded.has_training_data
@@ -523,7 +521,7 @@ def test_ensemble_members_train_in_one_step_each_on_its_own_batch(data, workdir,
     assert [s.l2 for s in model.settings] == [0.0, 0.0, 0.1]
     trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
                       data.train["item_idx"].to_numpy(), None, data.history,
-                      checkpoint_dir=workdir / "one-step", log=None)
+                      checkpoint_dir=workdir / "one-step")
     orders = trainer.epoch_orders(1)
     assert len(orders) == 3 and all(sorted(o) == list(range(len(data.train))) for o in orders)
     assert not np.array_equal(orders[0], orders[1])  # own batch order per member
@@ -550,13 +548,13 @@ def test_an_ensemble_is_early_stopped_as_one_model_and_refitted_once(project_roo
                                                                      data):
     from twotower_utils.system import TwoTowerRecallSystem
 
-    lines = []
     system = TwoTowerRecallSystem(project_root / "config.json", small_overrides(workdir, **{
         "model.ensemble_size": 2, "training.epochs": 3, "training.refit_with_validation": True,
         "model.ensemble_member_overrides": [{}, {"training.loss": "softmax"}]}),
-        run_id="one-step", log=lines.append)
+        run_id="one-step")
     system.prepare_data(reuse=True)
-    result = system.train_model(save=False)
+    with captured_log() as lines:
+        result = system.train_model(save=False)
     assert len(result.history) == 3  # one early-stopping run, not one per member
     assert sum(line.startswith("refitting on train + validation") for line in lines) == 1
     assert result.extra["ensemble_val_ndcg@10"] == result.best_metric
@@ -597,13 +595,13 @@ def test_resuming_with_other_settings_is_refused_naming_the_keys(project_root, w
     run_id = f"changed-{next(iter(change)).replace('.', '-')}"
     first = TwoTowerRecallSystem(project_root / "config.json",
                                  small_overrides(workdir, **{"training.epochs": 2}),
-                                 run_id=run_id, log=None)
+                                 run_id=run_id)
     first.prepare_data(reuse=True)
     with pytest.raises(Killed):
         first.train_model(callbacks=[kill])
     second = TwoTowerRecallSystem(project_root / "config.json",
                                   small_overrides(workdir, **{"training.epochs": 2, **change}),
-                                  run_id=run_id, log=None)
+                                  run_id=run_id)
     second.prepare_data(reuse=True)
     key = next(iter(change))
     with pytest.raises(ResumeError, match=rf"{key}: .* in the checkpoint, .* now"):
@@ -611,7 +609,7 @@ def test_resuming_with_other_settings_is_refused_naming_the_keys(project_root, w
     # Training longer is a resumable change.
     third = TwoTowerRecallSystem(project_root / "config.json",
                                  small_overrides(workdir, **{"training.epochs": 3}),
-                                 run_id=run_id, log=None)
+                                 run_id=run_id)
     third.prepare_data(reuse=True)
     assert third.train_model(resume=True, save=False).resumed_from == 1
 
@@ -629,7 +627,7 @@ def test_each_member_keeps_its_own_best_epoch_and_the_refit_takes_it(data, workd
     validation = data.interactions("validation")
     trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
                       data.train["item_idx"].to_numpy(), validation, data.history,
-                      checkpoint_dir=workdir / "member-stopping", log=None)
+                      checkpoint_dir=workdir / "member-stopping")
     result = trainer.fit()
     epochs = result.extra["member_best_epochs"]
     curves = [[r[f"member{m}_ndcg@10"] for r in result.history] for m in range(2)]
@@ -642,7 +640,7 @@ def test_each_member_keeps_its_own_best_epoch_and_the_refit_takes_it(data, workd
     snapshots = {}
     refitter = Trainer(refit, config, data.train["user_idx"].to_numpy(),
                        data.train["item_idx"].to_numpy(), None, data.history,
-                       checkpoint_dir=workdir / "member-refit", log=None, member_epochs=[1, 2])
+                       checkpoint_dir=workdir / "member-refit", member_epochs=[1, 2])
     refitter.fit(callbacks=[lambda epoch, _r: snapshots.setdefault(epoch, [
         read_member(refit, m) for m in range(2)])])
     for member, epoch in enumerate([1, 2]):
@@ -665,7 +663,7 @@ def test_a_stopped_member_leaves_the_step_and_the_others_train_as_before(data, w
         model = build_model(data, config)
         trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
                           data.train["item_idx"].to_numpy(), None, data.history,
-                          checkpoint_dir=workdir / f"frozen-{member_epochs}", log=None,
+                          checkpoint_dir=workdir / f"frozen-{member_epochs}",
                           member_epochs=member_epochs)
         snapshots = {}
         result = trainer.fit(callbacks=[lambda epoch, _r: snapshots.setdefault(

@@ -27,7 +27,7 @@ def tuned_system(project_root, tmp_path, **extra):
                  "model.ensemble_size": 2, "training.tune.enabled": True,
                  "training.tune.trials": TRIALS, **extra}
     system = TwoTowerRecallSystem(project_root / "config.json", overrides,
-                                  run_id="tuned", log=None)
+                                  run_id="tuned")
     system.prepare_data()
     return system
 

@@ -30,8 +30,7 @@ def small_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     shutil.copy(PROJECT / "config.json", root / "config.json")
     pipeline.run_pipeline(root / "config.json", TINY, {"FAST": True}, run_id="browser",
-                          stages=["eda", "preprocessing"], cell_timeout=300,
-                          log=lambda *args, **kwargs: None)
+                          stages=["eda", "preprocessing"], cell_timeout=300)
     return root / "reports"
 
 

@@ -33,8 +33,7 @@ def _paths(tmp_path):
 
 def test_an_untrained_or_misused_system_refuses_clearly(project_root, tmp_path):
     overrides = {**SMALL_SYNTHETIC, **_paths(tmp_path), "training.epochs": 1}
-    system = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="safety",
-                                  log=None)
+    system = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="safety")
     system.prepare_data()
     system.build_model()
     user = system.data.user_vocab[0]

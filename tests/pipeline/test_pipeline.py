@@ -174,7 +174,7 @@ def tiny_run(tmp_path_factory):
         nbformat.write(notebook, notebooks / path.name)
     summary = pipeline.run_pipeline(
         root / "config.json", TINY, {"FAST": True}, run_id="tiny", notebooks_dir=notebooks,
-        cell_timeout=300, log=lambda *args, **kwargs: None)
+        cell_timeout=300)
     return root, summary
 
 

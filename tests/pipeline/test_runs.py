@@ -199,7 +199,7 @@ def test_damaged_run_folders_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(RunDirectoryError, match="run format 1, this release reads format 2"):
         check_run_dir(older)
     with pytest.raises(RunDirectoryError, match="missing item_embeddings.npy"):
-        TwoTowerRecallSystem.load(run, log=None)
+        TwoTowerRecallSystem.load(run)
     np.save(run / "item_embeddings.npy", np.zeros((5, 2), np.float32))
     data = (run / "item_embeddings.npy").read_bytes()
     (run / "item_embeddings.npy").write_bytes(data[: len(data) // 2])  # truncated

@@ -77,8 +77,7 @@ def tiny_sweep(tmp_path_factory):
         " run.config.training.learning_rate == 0.05), 'deliberately failing grid point'"))
     nbformat.write(training, notebooks / "03_training.ipynb")
     record = sweeps.run_sweep(GRID, root / "config.json", sweep_id="tiny",
-                              notebooks_dir=notebooks, cell_timeout=300,
-                              log=lambda *args, **kwargs: None)
+                              notebooks_dir=notebooks, cell_timeout=300)
     return root / "reports", record
 
 

@@ -26,8 +26,8 @@ def project(tmp_path_factory, project_root):
     root = tmp_path_factory.mktemp("analysis")
     shutil.copy(project_root / "config.json", root / "config.json")
     run = start_run(root / "config.json", TINY, "unit")
-    DataPreprocessor(run.config, log=lambda _line: None).run()
-    return run, load_dataset(run.config, log=lambda _line: None), load_processed(run.processed_dir)
+    DataPreprocessor(run.config).run()
+    return run, load_dataset(run.config), load_processed(run.processed_dir)
 
 
 def test_start_run_merges_fast_under_overrides_and_names_bad_parameters(project):

@@ -34,7 +34,7 @@ def system(project_root, tmp_path_factory):
     paths = {f"paths.{name}": str(work / name)
              for name in ("raw_dir", "processed_dir", "models_dir", "logs_dir")}
     system = TwoTowerRecallSystem(project_root / "config.json", {**SMALL, **paths},
-                                  run_id="serve", log=None)
+                                  run_id="serve")
     system.prepare_data()
     system.train_model()
     return system
@@ -52,7 +52,7 @@ def raw_users(system):
     """The raw users table (features as in users.csv)."""
     from twotower_utils.data.datasets import load_dataset
 
-    return load_dataset(system.config, log=lambda _: None).users
+    return load_dataset(system.config).users
 
 
 FRESH = textwrap.dedent("""
@@ -186,8 +186,7 @@ def test_index_choice_and_settings_are_validated():
     with pytest.raises(ValueError, match="serving.index = 'faiss'"):
         serving_settings({"serving": {"index": "faiss"}})
     rows = scann_grid(items, _clustered(30, seed=4), 10, num_leaves=[30],
-                      leaves_to_search=[0.1, 1.0], reorder=[0, 100], latency_queries=10,
-                      log=None)
+                      leaves_to_search=[0.1, 1.0], reorder=[0, 100], latency_queries=10)
     assert [r["index"] for r in rows] == ["brute_force"] + ["scann"] * 4
     assert rows[-1]["recall"] >= rows[1]["recall"]
 

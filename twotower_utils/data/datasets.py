@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,7 @@ def read_csv_dataset(
                       item_features, notes, hygiene, labels, unused)
 
 
-def load_dataset(config: Any, *, log: Callable[[str], object] = print) -> RawDataset:
+def load_dataset(config: Any) -> RawDataset:
     """Load the dataset `config.data.dataset` names, as a `RawDataset`.
 
     Takes a `Config` (see config.py). "movielens-100k": fetched (or found cached) under
@@ -173,16 +173,16 @@ def load_dataset(config: Any, *, log: Callable[[str], object] = print) -> RawDat
     `data.columns`, features as declared (null = ids only). `data.label` applies to every
     source (the generator's rows all carry a rating); `data.missing_values`,
     `data.missing_feature_rows`, `data.duplicates` and `data.conflicting_labels` to the
-    CSV-based ones (see `resolve_pairs`; the generator's pairs are distinct already); `log`
-    gets the fetcher's progress lines. What loading drops or changes, and every column it does
-    not use, is logged and kept in `notes`.
+    CSV-based ones (see `resolve_pairs`; the generator's pairs are distinct already). What
+    loading drops or changes, and every column it does not use, is logged (with the
+    fetcher's progress, on `twotower_utils.data`) and kept in `notes`.
     """
     data = config.data
     options = {"duplicates": data.duplicates, "conflicting_labels": data.conflicting_labels,
                "label": data.label, "missing_values": data.missing_values}
     if data.dataset == "movielens-100k":
         local_dir = _resolve(config.root, data.ml100k_dir) if data.ml100k_dir else None
-        directory = fetch_movielens_100k(config.path("raw_dir"), local_dir, log=log)
+        directory = fetch_movielens_100k(config.path("raw_dir"), local_dir)
         raw = read_csv_dataset(
             directory / "users.csv", directory / "items.csv", directory / "interactions.csv",
             ML100K_USER_FEATURES if data.user_features is None else data.user_features,

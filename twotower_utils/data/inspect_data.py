@@ -308,7 +308,7 @@ def dry_run(config: dict[str, Any], config_dir: Path) -> str:
     from twotower_utils.data.datasets import load_dataset
 
     try:
-        raw = load_dataset(config_from_dict(config, root=config_dir), log=lambda line: None)
+        raw = load_dataset(config_from_dict(config, root=config_dir))
     except (DataValidationError, ConfigError, ValueError) as error:
         return f"REFUSED: {error}"
     counts = raw.labels

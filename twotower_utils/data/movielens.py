@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -51,6 +52,7 @@ ML100K_GENRES = (
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
     "Sci-Fi", "Thriller", "War", "Western",
 )
+logger = logging.getLogger(__name__)  # under twotower_utils.data: the data stage's log
 _FORMAT = 1  # bump when the conversion changes, so older caches are rebuilt
 _UDATA = ["user_id", "item_id", "rating", "timestamp"]
 _UUSER = ["user_id", "age", "gender", "occupation", "zip_code"]
@@ -83,7 +85,6 @@ def fetch_movielens_100k(
     raw_dir: str | Path,
     local_dir: str | Path | None = None,
     *,
-    log: Callable[[str], object] = print,
     expected_sha256: str = ML100K_SHA256,
     url: str = ML100K_URL,
     urlopen: Callable = urllib.request.urlopen,
@@ -94,7 +95,7 @@ def fetch_movielens_100k(
     """Make `<raw_dir>/movielens-100k/{users,items,interactions}.csv` exist; return that dir.
 
     Takes the raw-data directory, an optional directory holding the GroupLens files (default:
-    the `TWOTOWER_ML100K_DIR` environment variable), a `log` for one-line progress notes, the
+    the `TWOTOWER_ML100K_DIR` environment variable), the
     sha256 the `u.data` text must have, and injectable `url`/`urlopen`/`pip_download` (tests
     serve local fakes through them). A finished earlier conversion with the same hash is
     reused without touching any source unless `force`. Raises `DataSourceError` listing every
@@ -106,7 +107,7 @@ def fetch_movielens_100k(
     if (not force and manifest and manifest.get("sha256") == expected_sha256
             and manifest.get("format") == _FORMAT
             and all((target / name).is_file() for name in CSV_NAMES)):
-        log(f"MovieLens-100K: using the converted copy in {target}")
+        logger.info(f"MovieLens-100K: using the converted copy in {target}")
         return target
     downloads = raw_dir / "downloads"
     if local_dir is None and os.environ.get(ML100K_ENV_VAR):
@@ -115,7 +116,7 @@ def fetch_movielens_100k(
         (f"local directory {local_dir}" if local_dir else "local directory",
          lambda: _from_local(local_dir, expected_sha256)),
         (f"GroupLens zip {url}", lambda: _from_zip(downloads, url, urlopen, timeout,
-                                                   expected_sha256, log)),
+                                                   expected_sha256)),
         (f"PyPI wheel {RECBOLE_REQUIREMENT}", lambda: _from_wheel(downloads, pip_download,
                                                                  expected_sha256)),
     ]
@@ -126,12 +127,12 @@ def fetch_movielens_100k(
         except Exception as err:  # any failure means: try the next source
             reason = " ".join(str(err).split()) or type(err).__name__
             failures.append(f"{label}: {reason}")
-            log(f"MovieLens-100K: {label} failed: {reason}")
+            logger.info(f"MovieLens-100K: {label} failed: {reason}")
             continue
         raw.notes.insert(0, f"MovieLens-100K from {label} (u.data sha256 verified)")
         write_dataset(raw, target, manifest={"dataset": "movielens-100k", "source": label,
                                              "sha256": expected_sha256, "format": _FORMAT})
-        log(f"MovieLens-100K: converted from {label} into {target}")
+        logger.info(f"MovieLens-100K: converted from {label} into {target}")
         return target
     listing = "\n".join(f"  {n}. {line}" for n, line in enumerate(failures, 1))
     raise DataSourceError(
@@ -154,14 +155,14 @@ def _from_local(local_dir: str | Path | None, expected: str) -> RawDataset:
     return _convert_grouplens(lambda name: (folder / name).read_bytes(), str(folder), expected)
 
 
-def _from_zip(downloads: Path, url: str, urlopen: Callable, timeout: float, expected: str,
-              log: Callable[[str], object]) -> RawDataset:
+def _from_zip(downloads: Path, url: str, urlopen: Callable, timeout: float,
+              expected: str) -> RawDataset:
     cached = downloads / "ml-100k.zip"
     if cached.is_file():
         try:
             return _convert_zip(cached, expected)
         except Exception as err:  # a broken cache is replaced by a download
-            log(f"MovieLens-100K: cached {cached} is unusable ({err}); downloading again")
+            logger.info(f"MovieLens-100K: cached {cached} is unusable ({err}); downloading again")
             cached.unlink()
     _download(url, cached, urlopen, timeout)
     return _convert_zip(cached, expected)

@@ -37,7 +37,7 @@ from twotower_utils.data.processed import (
 from twotower_utils.data.sampling import sample_negatives, sorted_unique
 from twotower_utils.data.splits import split_mask
 from twotower_utils.io import atomic_directory, write_json
-from twotower_utils.logs import forwarded, report
+from twotower_utils.logs import configure_logging, report
 
 __all__ = ["DataPreprocessor", "ProcessedData", "load_processed", "main", "summarise"]
 
@@ -53,13 +53,11 @@ class DataPreprocessor:
         self,
         config: Config | str | Path = "config.json",
         overrides: dict[str, Any] | None = None,
-        log: Callable[[str], None] = print,
     ):
         if isinstance(config, Config):
             self.config = config.with_overrides(overrides) if overrides else config
         else:
             self.config = load_config(config, overrides)
-        self.log = log
         self.raw = None
         self.train = self.validation = self.test = self.negatives = None
         self.timings: dict[str, float] = {}
@@ -81,45 +79,43 @@ class DataPreprocessor:
         reach two splits. Ids become vocabularies with an out-of-vocabulary slot at index 0;
         feature specs (vocabularies, means and deviations) are fitted on the feature tables,
         and each feature is logged with its encoded size, each column not used (on every
-        side) by name. What loading drops or changes is logged (`twotower_utils.data`, and
-        to `log` unless `configure_logging` shows it) and kept in the notes of `stats()`.
+        side) by name. What loading drops or changes is logged (`twotower_utils.data`) and
+        kept in the notes of `stats()`.
         """
         from twotower_utils.data.datasets import load_dataset
 
         started = time.perf_counter()
-        with forwarded(self.log):
-            raw = load_dataset(self.config,
-                               log=lambda line: report(None, line, logging.INFO))
-            labels = raw.interactions["label"].to_numpy()
-            if not (labels == 1).any():
-                raise ValueError(
-                    f"dataset {raw.name!r}: no interactions with label 1 to learn from"
-                )
-            # Each id string is hashed once: factorized here, then only the distinct ids
-            # are looked up (at 10M interactions every pass over the strings costs seconds).
-            user_codes, user_ids = pd.factorize(raw.interactions["user_id"])
-            item_codes, item_ids = pd.factorize(raw.interactions["item_id"])
-            user_ids, item_ids = pd.Series(user_ids), pd.Series(item_ids)
-            self.user_vocab = _vocabulary(raw.users["user_id"], user_ids)
-            self.item_vocab = _vocabulary(raw.items["item_id"], item_ids)
-            self.user_features = raw.user_features if self.config.model.use_user_features else {}
-            self.item_features = raw.item_features if self.config.model.use_item_features else {}
-            self.feature_specs = {"user": fit_feature_specs(raw.users, self.user_features),
-                                  "item": fit_feature_specs(raw.items, self.item_features)}
-            self.feature_sizes = report_features(raw, self.config.model, self.feature_specs)
-            self._user_index = _index_lookup(self.user_vocab)
-            self._item_index = _index_lookup(self.item_vocab)
-            indexed = raw.interactions.assign(
-                user_idx=self._user_index(user_ids)[user_codes],
-                item_idx=self._item_index(item_ids)[item_codes],
+        raw = load_dataset(self.config)
+        labels = raw.interactions["label"].to_numpy()
+        if not (labels == 1).any():
+            raise ValueError(
+                f"dataset {raw.name!r}: no interactions with label 1 to learn from"
             )
-            self.positives = indexed[labels == 1].reset_index(drop=True)
-            self.explicit_negatives = indexed[labels == 0].reset_index(drop=True)
-            self.raw = raw
-            report(None, f"dataset {raw.name}: {len(self.user_vocab):,} users, "
-                         f"{len(self.item_vocab):,} items, {len(self.positives):,} positive and "
-                         f"{len(self.explicit_negatives):,} explicit negative interactions",
-                   logging.INFO)
+        # Each id string is hashed once: factorized here, then only the distinct ids
+        # are looked up (at 10M interactions every pass over the strings costs seconds).
+        user_codes, user_ids = pd.factorize(raw.interactions["user_id"])
+        item_codes, item_ids = pd.factorize(raw.interactions["item_id"])
+        user_ids, item_ids = pd.Series(user_ids), pd.Series(item_ids)
+        self.user_vocab = _vocabulary(raw.users["user_id"], user_ids)
+        self.item_vocab = _vocabulary(raw.items["item_id"], item_ids)
+        self.user_features = raw.user_features if self.config.model.use_user_features else {}
+        self.item_features = raw.item_features if self.config.model.use_item_features else {}
+        self.feature_specs = {"user": fit_feature_specs(raw.users, self.user_features),
+                              "item": fit_feature_specs(raw.items, self.item_features)}
+        self.feature_sizes = report_features(raw, self.config.model, self.feature_specs)
+        self._user_index = _index_lookup(self.user_vocab)
+        self._item_index = _index_lookup(self.item_vocab)
+        indexed = raw.interactions.assign(
+            user_idx=self._user_index(user_ids)[user_codes],
+            item_idx=self._item_index(item_ids)[item_codes],
+        )
+        self.positives = indexed[labels == 1].reset_index(drop=True)
+        self.explicit_negatives = indexed[labels == 0].reset_index(drop=True)
+        self.raw = raw
+        report(None, f"dataset {raw.name}: {len(self.user_vocab):,} users, "
+                     f"{len(self.item_vocab):,} items, {len(self.positives):,} positive and "
+                     f"{len(self.explicit_negatives):,} explicit negative interactions",
+               logging.INFO)
         self.timings["load"] = time.perf_counter() - started
         return raw
 
@@ -143,9 +139,8 @@ class DataPreprocessor:
         self.validation = train_part[~keep_mask].reset_index(drop=True)
         self.test = test
         self.split_explicit_negatives()
-        with forwarded(self.log):
-            report(None, f"split {split.method!r}: train {len(self.train):,}, validation "
-                         f"{len(self.validation):,}, test {len(self.test):,}", logging.INFO)
+        report(None, f"split {split.method!r}: train {len(self.train):,}, validation "
+                     f"{len(self.validation):,}, test {len(self.test):,}", logging.INFO)
         self.timings["split"] = time.perf_counter() - started
         return self.train, self.validation, self.test
 
@@ -224,12 +219,11 @@ class DataPreprocessor:
         self.negatives_population = population
         self.negatives_note = None
         if size < population:
-            with forwarded(self.log):
-                self.negatives_note = report(
-                    None, f"negatives.parquet holds a seeded sample of {size:,} of the "
-                          f"{population:,} negatives ({per_positive} per training positive; "
-                          f"data.negatives_sample_size = {data.negatives_sample_size:,}); "
-                          "training draws its own", logging.INFO)
+            self.negatives_note = report(
+                None, f"negatives.parquet holds a seeded sample of {size:,} of the "
+                      f"{population:,} negatives ({per_positive} per training positive; "
+                      f"data.negatives_sample_size = {data.negatives_sample_size:,}); "
+                      "training draws its own", logging.INFO)
         self.timings["negatives"] = time.perf_counter() - started
         return self.negatives
 
@@ -402,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.dataset:
         overrides["data.dataset"] = args.dataset
+    configure_logging()
     started = time.perf_counter()
     preprocessor = DataPreprocessor(args.config, overrides)
     directory = preprocessor.run()

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from twotower_utils.config import DISTRIBUTION_STRATEGIES, load_config, parse_overrides
+from twotower_utils.logs import configure_logging
 
 __all__ = ["STRATEGIES", "cluster_spec", "is_chief", "is_default", "main", "make_strategy",
            "worker_directory"]
@@ -177,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{directory}: no processed data; run the data stage first (`make "
                          "data` with the same overrides) so every worker reads the same split")
     chief = is_chief()
+    # The chief shows the progress; the other workers' would only repeat it.
+    configure_logging("INFO" if chief else "WARNING")
     system = TwoTowerRecallSystem(args.config, overrides, run_id=args.run_id,
-                                  log=print if chief else None, strategy=strategy)
+                                  strategy=strategy)
     system.prepare_data(reuse=True)
     result = system.train_model(resume=args.resume, save=args.save)
     # After training the system holds an undistributed copy of the weights on every worker.

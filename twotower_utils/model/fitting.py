@@ -26,6 +26,7 @@ so evaluating, serving and saving it are no collectives and the chief can do the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -43,6 +44,8 @@ __all__ = ["MEMBER_SEED_STRIDE", "early_stop", "ensemble_summary", "join_members
            "member_config", "plain_copy", "refit", "refit_data", "train_and_refit",
            "validation_candidates", "validation_protocol"]
 
+logger = logging.getLogger(__name__)
+
 
 def early_stop(system, model, config: Config, name: str, resume: bool, callbacks=()):
     """Train `model` (built in `system.strategy`'s scope) on the training split with early
@@ -54,7 +57,7 @@ def early_stop(system, model, config: Config, name: str, resume: bool, callbacks
         data.train["item_idx"].to_numpy(), protocol.relevant, protocol.exclude,
         checkpoint_dir=config.path("models_dir") / ".checkpoints" / name,
         candidates=protocol.candidates, log_dir=config.path("logs_dir") / name,
-        log=system.log, strategy=system.strategy)
+        strategy=system.strategy)
     return trainer.fit(resume=resume, callbacks=callbacks)
 
 
@@ -125,9 +128,9 @@ def refit(system, config: Config, epochs: int, name: str, resume: bool,
                         learning_rate_decay_factor=1.0)
         member_epochs = None  # every member continues for `epochs`
     config = replace(config, training=replace(config.training, **schedule))
-    system.log(f"refitting on train + validation ({len(both):,} pairs) for {epochs} epochs"
-               + (" from the early-stopped weights at learning rate "
-                  f"{config.training.learning_rate:g}" if start is not None else ""))
+    logger.info(f"refitting on train + validation ({len(both):,} pairs) for {epochs} epochs"
+                + (" from the early-stopped weights at learning rate "
+                   f"{config.training.learning_rate:g}" if start is not None else ""))
     with system.strategy.scope():
         model = build_model(data, config)
         if start is not None:
@@ -139,7 +142,7 @@ def refit(system, config: Config, epochs: int, name: str, resume: bool,
         model, config, both["user_idx"].to_numpy(), both["item_idx"].to_numpy(), None,
         system._serving_history,
         checkpoint_dir=config.path("models_dir") / ".checkpoints" / f"{name}-refit",
-        log_dir=config.path("logs_dir") / name / "refit", log=system.log,
+        log_dir=config.path("logs_dir") / name / "refit",
         member_epochs=member_epochs, strategy=system.strategy)
     return model, trainer.fit(resume=resume).seconds
 
@@ -164,8 +167,8 @@ def ensemble_summary(system, result, model) -> dict:
     protocol, metric = validation_protocol(system), result.metric
     values = list(member_metrics(model, protocol.exclude, protocol.relevant,
                                  protocol.candidates, metric).values())
-    system.log(f"ensemble of {model.members}: validation {metric} {result.best_metric:.4f} "
-               "(members alone " + ", ".join(f"{v:.4f}" for v in values) + ")")
+    logger.info(f"ensemble of {model.members}: validation {metric} {result.best_metric:.4f} "
+                "(members alone " + ", ".join(f"{v:.4f}" for v in values) + ")")
     return {f"member_val_{metric}": values, f"ensemble_val_{metric}": result.best_metric}
 
 

@@ -25,13 +25,16 @@ worker of a multi-worker run validates and checkpoints (both are collectives); a
 than the chief checkpoints to its own directory (`distributed.worker_directory`) and writes no
 TensorBoard logs. Under the default strategy the step is the single-device step it always was.
 
-Progress is one line per epoch (no per-step output), readable in a terminal and in a
-papermill-executed notebook; the same numbers go to TensorBoard when a log directory is given.
+Progress is one INFO line per epoch on this module's logger (no per-step output; shown by
+`twotower_utils.logs.configure_logging`, as the notebooks and CLIs do), readable in a terminal
+and in a papermill-executed notebook; the same numbers go to TensorBoard when a log directory
+is given.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,6 +55,8 @@ from twotower_utils.model.resume import ResumeError, check_resumable, training_s
 __all__ = ["ResumeError", "Trainer", "TrainingResult", "check_resumable",
            "evaluate_ranking", "make_optimizer", "replicated_generator_states",
            "training_settings"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -154,7 +159,6 @@ class Trainer:
         checkpoint_dir: where checkpoints, the best weights and the epoch log go (on a
             worker other than the chief, `distributed.worker_directory` of it).
         log_dir: TensorBoard directory (None: no TensorBoard logs; the chief's only).
-        log: where the one-line-per-epoch progress goes (None: silent).
         member_epochs: a refit's epoch count per ensemble member (`MemberStopping`).
         strategy: the `tf.distribute.Strategy` whose scope `model` was built in (None: the
             one in effect, by default no distribution).
@@ -164,10 +168,9 @@ class Trainer:
                  train_items: np.ndarray, validation: sp.csr_matrix, exclude: sp.csr_matrix,
                  checkpoint_dir: str | Path, candidates: np.ndarray | None = None,
                  log_dir: str | Path | None = None,
-                 log: Callable[[str], object] | None = print,
                  member_epochs: Sequence[int] | None = None,
                  strategy: tf.distribute.Strategy | None = None):
-        self.model, self.config, self.log = model, config, log or (lambda _line: None)
+        self.model, self.config = model, config
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self._undistributed = is_default(self.strategy)
@@ -308,9 +311,9 @@ class Trainer:
             if self.history_path.is_file():
                 history = [r for r in json.loads(self.history_path.read_text())
                            if r["epoch"] <= done]
-            self.log(f"resuming after epoch {done} (best {self.metric} "
-                     f"{self.state['best_metric'].numpy():.4f} at epoch "
-                     f"{int(self.state['best_epoch'].numpy())})")
+            logger.info(f"resuming after epoch {done} (best {self.metric} "
+                        f"{self.state['best_metric'].numpy():.4f} at epoch "
+                        f"{int(self.state['best_epoch'].numpy())})")
         elif self.checkpoint_dir.exists():
             import shutil
 
@@ -343,19 +346,19 @@ class Trainer:
                 value = evaluate_ranking(self.model, self.exclude, self.validation,
                                          self.candidates, self.k_values)[self.metric]
                 self.state["best_metric"].assign(value)
-                self.log(f"members' best epochs {extra['member_best_epochs']}: "
-                         f"their {self.metric} " + ", ".join(
-                             f"{v:.4f}" for v in
-                             self.member_stopping.state["member_best_metric"].numpy()))
+                logger.info(f"members' best epochs {extra['member_best_epochs']}: "
+                            f"their {self.metric} " + ", ".join(
+                                f"{v:.4f}" for v in
+                                self.member_stopping.state["member_best_metric"].numpy()))
         elif best_epoch and self.validation is not None:  # without validation, the last is best
             tf.train.Checkpoint(model=self.model).read(self.best_prefix).expect_partial()
         if self.validation is None:
-            self.log(f"trained {best_epoch} epochs without validation "
-                     f"({self.state['seconds'].numpy():.1f} s)")
+            logger.info(f"trained {best_epoch} epochs without validation "
+                        f"({self.state['seconds'].numpy():.1f} s)")
         else:
-            self.log(f"best epoch {best_epoch}: {self.metric} "
-                     f"{self.state['best_metric'].numpy():.4f} "
-                     f"({self.state['seconds_to_best'].numpy():.1f} s of training to reach it)")
+            logger.info(f"best epoch {best_epoch}: {self.metric} "
+                        f"{self.state['best_metric'].numpy():.4f} "
+                        f"({self.state['seconds_to_best'].numpy():.1f} s of training to reach it)")
         return TrainingResult(
             history=history, best_epoch=best_epoch,
             best_metric=float(self.state["best_metric"].numpy()), metric=self.metric,
@@ -433,9 +436,9 @@ class Trainer:
         write_json(self.history_path, history)  # atomic: a kill never leaves half a log
         shown = ", ".join(f"{k[4:]} {v:.4f}" for k, v in record.items()
                           if k.startswith("val_") and k.endswith("@10"))
-        self.log(f"epoch {epoch:3d}/{self.config.training.epochs}  loss {record['loss']:.4f}  "
-                 f"{shown}  lr {record['learning_rate']:.2e}  {record['seconds']:.1f} s"
-                 + ("  *" if improved else ""))
+        logger.info(f"epoch {epoch:3d}/{self.config.training.epochs}  loss {record['loss']:.4f}  "
+                    f"{shown}  lr {record['learning_rate']:.2e}  {record['seconds']:.1f} s"
+                    + ("  *" if improved else ""))
         if writer is not None:
             with writer.as_default(step=epoch):
                 for key, val in record.items():

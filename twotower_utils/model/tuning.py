@@ -19,6 +19,7 @@ is short; the final refit resumes as before).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ import pandas as pd
 from twotower_utils.config_checks import flatten_overrides, trial_config
 
 __all__ = ["TuningResult", "describe", "plot_trials", "trials_table", "tune"]
+
+logger = logging.getLogger(__name__)
 
 
 def describe(trial: dict[str, Any], width: int = 200) -> str:
@@ -75,11 +78,11 @@ def tune(system, name: str, callbacks=()):
     for index, trial in enumerate(candidates):
         spent = time.perf_counter() - started
         if index and spent >= settings.budget_seconds:
-            system.log(f"tuning: budget of {settings.budget_seconds:.0f} s spent "
-                       f"({spent:.0f} s); {len(candidates) - index} trial(s) not run")
+            logger.info(f"tuning: budget of {settings.budget_seconds:.0f} s spent "
+                        f"({spent:.0f} s); {len(candidates) - index} trial(s) not run")
             break
         own = trial_config(config, trial)
-        system.log(f"tuning: trial {index} of {len(candidates) - 1}: {describe(trial)}")
+        logger.info(f"tuning: trial {index} of {len(candidates) - 1}: {describe(trial)}")
         trial_started = time.perf_counter()
         with system.strategy.scope():
             model = build_model(system.data, own)
@@ -96,8 +99,8 @@ def tune(system, name: str, callbacks=()):
     index, trial, result, model = best
     # The run goes on with the winner's settings (its tuning section kept as configured).
     own = config.with_overrides(trial)
-    system.log(f"tuning: trial {index} wins with validation {metric} {result.best_metric:.4f} "
-               f"({len(rows)} trial(s), {time.perf_counter() - started:.0f} s)")
+    logger.info(f"tuning: trial {index} wins with validation {metric} {result.best_metric:.4f} "
+                f"({len(rows)} trial(s), {time.perf_counter() - started:.0f} s)")
     outcome = TuningResult(trials=table, winner=index, overrides=trial, metric=metric,
                            skipped=len(candidates) - len(rows))
     return outcome, own, result, model

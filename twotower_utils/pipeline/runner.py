@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -33,6 +34,7 @@ from typing import Any
 import yaml
 
 from twotower_utils.config import parse_overrides
+from twotower_utils.logs import configure_logging
 from twotower_utils.pipeline.interrupts import (
     PipelineInterrupted,
     SignalsAsInterrupts,
@@ -54,6 +56,8 @@ from twotower_utils.reports.index import environment, write_index, write_summary
 
 __all__ = ["STAGES", "PipelineInterrupted", "StageError", "select_stages", "parse_parameters",
            "run_pipeline", "main"]
+
+logger = logging.getLogger(__name__)
 
 STAGES = (
     ("eda", "01_eda.ipynb"),
@@ -157,7 +161,6 @@ def run_pipeline(
     log_output: bool = False,
     kernel_name: str | None = None,
     notebooks_dir: str | Path | None = None,
-    log=print,
 ) -> dict[str, Any]:
     """Run the selected notebooks of one run in order and write its summary and the index.
 
@@ -167,8 +170,10 @@ def run_pipeline(
     for every stage but training, whose cells run unbounded: a healthy training can take
     as long as its data needs, and it prints a line per epoch), whether to render HTML and
     echo notebook output, the kernel (default: `ensure_kernel()`) and the notebooks
-    directory. Returns the summary dict; raises `StageError` after writing the summary of
-    a failed run, and ConfigError/ValueError before any notebook runs for bad input.
+    directory. Progress (one line as each stage starts and ends) is INFO on this module's
+    logger (`main` shows it). Returns the summary dict; raises `StageError` after writing
+    the summary of a failed run, and ConfigError/ValueError before any notebook runs for bad
+    input.
     """
     params = dict(params or {})
     overrides = dict(overrides or {})
@@ -201,9 +206,9 @@ def run_pipeline(
     }
     stage_records = {s["name"]: s for s in summary.get("stages", [])}
     timings = dict(summary.get("timings", {}))
-    log(f"run {run.run_id}: stages {', '.join(selected)} -> {run.reports_dir}")
+    logger.info(f"run {run.run_id}: stages {', '.join(selected)} -> {run.reports_dir}")
     started = time.perf_counter()
-    name = selected[0]
+    stage = name = selected[0]
     try:
         for position, name in enumerate(selected, start=1):
             notebook = settings.notebooks_dir / dict(STAGES)[name]
@@ -215,7 +220,8 @@ def run_pipeline(
             values.update({k: v for k, v in params.items() if k in declared[notebook.name]})
             record = {"name": name, "notebook": notebook.name, "status": "running"}
             stage_records[name] = record
-            log(f"[{position}/{len(selected)}] {notebook.name} ...", end=" ", flush=True)
+            stage = f"[{position}/{len(selected)}] {notebook.name}"
+            logger.info(f"{stage} ...")
             t0 = time.perf_counter()
             try:
                 execute_notebook(notebook, run.reports_dir / notebook.name, values,
@@ -224,24 +230,24 @@ def run_pipeline(
             finally:
                 record["seconds"] = timings[name] = round(time.perf_counter() - t0, 2)
                 if settings.render and (run.reports_dir / notebook.name).is_file():
-                    _render(run.reports_dir / notebook.name, record, log)
+                    _render(run.reports_dir / notebook.name, record)
             record["status"] = "ok"
-            log(f"done in {record['seconds']:.1f} s")
+            logger.info(f"{stage} done in {record['seconds']:.1f} s")
         summary["status"] = "ok"
     except StageError as err:
         summary["failure"] = {"notebook": err.notebook, "cell": err.cell,
                               "exec_count": err.exec_count, "message": err.error}
         if not is_interruption(err):
             stage_records[name]["status"] = summary["status"] = "failed"
-            log("FAILED")
+            logger.info(f"{stage} FAILED")
             raise
         mark_interrupted(summary, stage_records[name], run.run_id, err.error)
-        log("INTERRUPTED")
+        logger.info(f"{stage} INTERRUPTED")
         raise PipelineInterrupted(run.run_id, name, err.error) from None
     except KeyboardInterrupt as err:
         reason = str(err) or "KeyboardInterrupt"
         mark_interrupted(summary, stage_records[name], run.run_id, reason)
-        log("INTERRUPTED")
+        logger.info(f"{stage} INTERRUPTED")
         raise PipelineInterrupted(run.run_id, name, reason) from None
     finally:
         # total = the notebooks' times, also when stages of a run were (re)run separately;
@@ -256,17 +262,18 @@ def run_pipeline(
             summary["data_fingerprint"] = json.loads(run.data_record_path.read_text())
         path = write_summary(run.reports_dir, summary)
         index = write_index(reports_root)
-        log(f"summary: {path}\nindex:   {index}")
+        logger.info(f"summary: {path}\nindex:   {index}")
     return summary | {"metrics": _read_metrics(path)}
 
 
-def _render(executed: Path, record: dict[str, Any], log) -> None:
+def _render(executed: Path, record: dict[str, Any]) -> None:
     """Render the HTML reports of an executed notebook into `record`; a rendering problem is
     reported but never hides the notebook's own outcome."""
     try:
         full, bare = render_html(executed)
     except Exception as err:  # nbconvert/template trouble must not mask a StageError
-        log(f"(HTML rendering of {executed.name} failed: {type(err).__name__}: {err})")
+        logger.warning(f"(HTML rendering of {executed.name} failed: {type(err).__name__}: "
+                       f"{err})")
         return
     record["html"], record["html_noinput"] = full.name, bare.name
 
@@ -356,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stripped {len(changed)} notebook(s)")
             return 0
         quiet_orphaned_kernel_errors()
+        configure_logging()
         overrides, params = parse_parameters(args.param, args.parameters_file)
         if args.dataset:
             for side in ("data.user_features", "data.item_features"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 import time
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ from twotower_utils.io import write_json
 
 __all__ = ["SweepPoint", "Sweep", "load_sweep", "run_sweep", "read_sweep", "comparison_table",
            "best_setting", "plot_levers", "run_links"]
+
+logger = logging.getLogger(__name__)
 
 REPORT_NOTEBOOK = "sweep_report.ipynb"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -163,7 +166,7 @@ def _outcome(reports_root: Path, run_id: str, metric: str) -> dict[str, Any]:
 def run_sweep(source: str | Path | Mapping, config_path: str | Path = "config.json",
               overrides: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
               sweep_id: str | None = None, notebooks_dir: str | Path | None = None,
-              log=print, **pipeline_options) -> dict[str, Any]:
+              **pipeline_options) -> dict[str, Any]:
     """Run every point of a sweep, then write its record, comparison report and the index.
 
     Takes the grid file (or mapping), the config, settings shared by every run (command-line
@@ -194,7 +197,7 @@ def run_sweep(source: str | Path | Mapping, config_path: str | Path = "config.js
     for position, point in enumerate(sweep.points, start=1):
         run_id = f"{sweep_id}-{point.name}"[:100]
         point_overrides, point_params = _split(point.settings)
-        log(f"=== sweep {sweep_id}: point {position}/{len(sweep.points)} {point.name}")
+        logger.info(f"=== sweep {sweep_id}: point {position}/{len(sweep.points)} {point.name}")
         entry = {"name": point.name, "run_id": run_id, "settings": point.settings,
                  "status": "running"}
         record["runs"].append(entry)
@@ -207,7 +210,7 @@ def run_sweep(source: str | Path | Mapping, config_path: str | Path = "config.js
         try:
             run_pipeline(config_path, {**shared, **point_overrides},
                          {**shared_params, **point_params}, run_id=run_id, stages=stages,
-                         notebooks_dir=notebooks_dir, log=log, **pipeline_options)
+                         notebooks_dir=notebooks_dir, **pipeline_options)
             entry["status"] = "ok"
         except StageError as err:
             entry.update(status="failed", failure=str(err))
@@ -216,7 +219,7 @@ def run_sweep(source: str | Path | Mapping, config_path: str | Path = "config.js
         finally:
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             if entry.get("failure"):
-                log(f"point {point.name} failed (the sweep goes on): {entry['failure']}")
+                logger.warning(f"point {point.name} failed (the sweep goes on): {entry['failure']}")
             entry.update(_outcome(reports_root, run_id, sweep.metric))
             if entry.get("eda_from"):
                 shared_eda = _outcome(reports_root, entry["eda_from"], sweep.metric)["reports"]
@@ -228,7 +231,7 @@ def run_sweep(source: str | Path | Mapping, config_path: str | Path = "config.js
     record["best"] = _best_name(record)
     _write_record(sweep_dir, record)
     _write_report(sweep_dir, record, config_path, shared, shared_params, notebooks_dir,
-                  pipeline_options, log)
+                  pipeline_options)
     return record
 
 
@@ -241,7 +244,7 @@ def _write_record(sweep_dir: Path, record: dict[str, Any]) -> None:
 
 
 def _write_report(sweep_dir, record, config_path, overrides, params, notebooks_dir,
-                  options, log) -> None:
+                  options) -> None:
     """Execute and render the comparison notebook; a failure is logged, the record stays."""
     from twotower_utils.pipeline.nbtools import StageError, execute_notebook, render_html
     from twotower_utils.pipeline.runner import NOTEBOOKS_DIR
@@ -257,12 +260,12 @@ def _write_report(sweep_dir, record, config_path, overrides, params, notebooks_d
                          options.get("cell_timeout", 600), options.get("log_output", False),
                          kernel_log=sweep_dir / "kernel.log")
     except StageError as err:
-        log(f"sweep report failed: {err}")
+        logger.warning(f"sweep report failed: {err}")
     if output.is_file() and options.get("render", True):
         full, _ = render_html(output)
         record["html"] = full.name
         _write_record(sweep_dir, record)
-        log(f"sweep report: {full}")
+        logger.info(f"sweep report: {full}")
 
 
 def read_sweep(sweep_dir: str | Path) -> dict[str, Any]:

@@ -13,8 +13,9 @@ their test items.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ __all__ = ["EvalProtocol", "baseline_top_lists", "metric_table", "item_popularit
            "styled_metrics", "training_record", "evaluation_record", "EASE_GRID_FAST",
            "KNN_GRID_FAST"]
 
+logger = logging.getLogger(__name__)
+
 
 class EvalProtocol:
     """What the test evaluation needs: `exclude` and `relevant` csr `[U, I]`, `candidates`.
@@ -75,7 +78,6 @@ def _full_rows(top_idx: np.ndarray, users: np.ndarray, num_users: int) -> np.nda
 def baseline_top_lists(data: ProcessedData, k: int, grid: Sequence[float] | None = None,
                        fast: bool = False, tune_k: int = 10,
                        knn_grid: Sequence[int] | None = None, ease_max_dim: int = EASE_MAX_DIM,
-                       log: Callable[[str], object] | None = print,
                        ) -> tuple[dict[str, np.ndarray], dict[str, float], pd.DataFrame]:
     """Test-time top-k lists of the baselines: most-popular and EASE (l2 tuned on validation),
     or item-kNN in EASE's place past `ease_max_dim` (see `baselines.similarity_baseline`).
@@ -83,8 +85,8 @@ def baseline_top_lists(data: ProcessedData, k: int, grid: Sequence[float] | None
     EASE's l2 (item-kNN's neighbour count) maximises nDCG@`tune_k` on the validation split
     (fitted on train; never the test split) over `grid` (default `DEFAULT_EASE_GRID`, or
     `EASE_GRID_FAST` when `fast`; `knn_grid` likewise for item-kNN); then both baselines are
-    refitted on the training part and list `k` items. `log` gets one line saying which
-    baseline ran and why (None: silent). Returns `(top_lists, fit_seconds, tuning)`:
+    refitted on the training part and list `k` items; one INFO line on this module's logger
+    says which baseline ran and why. Returns `(top_lists, fit_seconds, tuning)`:
     `{"most_popular": [U, k], "ease" | "item_knn": [U, k]}` (rows of users without test items
     are -1), seconds per model (refit and test lists; the tuning time is in the note), and
     the tuning table (indexed by "l2" or "neighbours", with a `chosen` column;
@@ -104,8 +106,7 @@ def baseline_top_lists(data: ProcessedData, k: int, grid: Sequence[float] | None
         model, column = ItemKNN(neighbours=best), "neighbours"
     tune_seconds = time.perf_counter() - started
     note = f"{note}; {column} = {best:g} chosen on validation in {tune_seconds:.1f} s"
-    if log is not None:
-        log(note)
+    logger.info(note)
     tuning["chosen"] = tuning[column] == best
     keep = [f"{m}@{tune_k}" for m in ("ndcg", "recall", "precision", "map")]
     tuning = tuning.set_index(column)[[*keep, "fit_seconds", "chosen"]]

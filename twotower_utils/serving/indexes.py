@@ -342,13 +342,14 @@ def scann_grid(item_vectors: np.ndarray, queries: np.ndarray, k: int = 10,
                num_leaves: Iterable[int] = (500, 1000, 2000),
                leaves_to_search: Sequence[float] = (0.02, 0.05, 0.1),
                reorder: Sequence[int] = (0, 100, 500), candidates: np.ndarray | None = None,
-               latency_queries: int = 200, log=print) -> list[dict[str, float]]:
+               latency_queries: int = 200) -> list[dict[str, float]]:
     """Recall@k and latency of ScaNN over a grid of settings, with brute force as reference.
 
     `leaves_to_search` entries below 1 are shares of `num_leaves`, others are counts. One
     index is built per `num_leaves`; the other settings are applied at query time. Returns
     one dict per setting (`index`, `num_leaves`, `leaves_to_search`, `reorder`, `build_s`,
-    `recall`, `p50_ms`, `p99_ms`, `speedup_p50` against brute force) and logs a table.
+    `recall`, `p50_ms`, `p99_ms`, `speedup_p50` against brute force); `format_grid` shows
+    them as a table.
     """
     exact_index = BruteForceIndex(item_vectors, candidates)
     exact = exact_index.search(queries, k)[0]
@@ -367,8 +368,6 @@ def scann_grid(item_vectors: np.ndarray, queries: np.ndarray, k: int = 10,
                              "leaves_to_search": searched, "reorder": count,
                              "build_s": index.build_seconds, **result,
                              "speedup_p50": base["p50_ms"] / result["p50_ms"]})
-    if log is not None:
-        log(format_grid(rows, k))
     return rows
 
 
