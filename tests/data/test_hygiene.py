@@ -11,26 +11,11 @@ import pytest
 from twotower_utils.config import ConfigError, load_config
 from twotower_utils.data.datasets import DataValidationError, read_csv_dataset, resolve_pairs
 from twotower_utils.data.preprocessing import DataPreprocessor, load_processed, summarise
-from twotower_utils.logs import configure_logging, is_configured
+from twotower_utils.logs import configure_logging
 from twotower_utils.reports import eda
 
 USERS = "user_id\n" + "".join(f"{u}\n" for u in range(1, 61))
 ITEMS = "item_id\n" + "".join(f"i{i}\n" for i in range(1, 41))
-
-
-@pytest.fixture(autouse=True)
-def no_configured_handler():
-    """Each test starts and ends without our stream handler and with the default level."""
-    logger = logging.getLogger("twotower_utils")
-
-    def reset():
-        for handler in [h for h in logger.handlers if getattr(h, "_twotower_handler", False)]:
-            logger.removeHandler(handler)
-        logger.setLevel(logging.NOTSET)
-
-    reset()
-    yield
-    reset()
 
 
 def write(folder, users=USERS, items=ITEMS, interactions=""):
@@ -294,7 +279,6 @@ def test_configure_logging_is_idempotent_and_shows_plain_lines(tmp_path):
     configure_logging("INFO", stream=stream)
     logger = logging.getLogger("twotower_utils")
     assert sum(getattr(h, "_twotower_handler", False) for h in logger.handlers) == 1
-    assert is_configured()
     read(write(tmp_path, interactions="user_id,item_id,label\n1,i1,1\n1,i1,1\n"))
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("interactions.csv: data.label = 'column'"), "plain lines"
