@@ -354,6 +354,18 @@ def test_wheel_source_reads_recbole_atomic_files_without_installing(tmp_path, fe
     assert (tmp_path / "raw" / "downloads" / "recbole-1.2.1-py3-none-any.whl").is_file()
 
 
+def test_a_copy_from_the_wheel_gives_way_to_a_configured_grouplens_directory(tmp_path, fetch):
+    # recbole's item table differs from u.item (release years, titles): a benchmark given
+    # GroupLens' files must not train on a copy an earlier run converted from the wheel.
+    fetch(pip_download=wheel_pip(tmp_path))
+    out = fetch(make_grouplens_dir(tmp_path / "ml"))
+    assert "converted from local directory" in fetch.logs[-1]
+    assert "local directory" in (out / "manifest.json").read_text()
+    assert read_ml(out).items["title"].iloc[0] != "Toy Story", "u.item's title, with its year"
+    fetch(make_grouplens_dir(tmp_path / "ml"))
+    assert "using the converted copy" in fetch.logs[-1]
+
+
 def test_all_sources_failing_lists_every_source_and_reason(fetch):
     with pytest.raises(DataSourceError) as caught:
         fetch()

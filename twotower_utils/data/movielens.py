@@ -98,20 +98,26 @@ def fetch_movielens_100k(
     the `TWOTOWER_ML100K_DIR` environment variable), the
     sha256 the `u.data` text must have, and injectable `url`/`urlopen`/`pip_download` (tests
     serve local fakes through them). A finished earlier conversion with the same hash is
-    reused without touching any source unless `force`. Raises `DataSourceError` listing every
-    source and its failure when none works (a source whose data fails the hash is refused).
+    reused without touching any source unless `force`, or unless it came from the recbole
+    wheel (whose item table differs from u.item) while a local directory holding u.data is
+    configured: GroupLens' own files then replace it, so a configured copy always decides
+    the data. Raises `DataSourceError` listing every source and its failure when none works
+    (a source whose data fails the hash is refused).
     """
     raw_dir = Path(raw_dir).resolve()
     target = raw_dir / "movielens-100k"
     manifest = read_manifest(target)
+    if local_dir is None and os.environ.get(ML100K_ENV_VAR):
+        local_dir = os.environ[ML100K_ENV_VAR]
+    derived_while_exact_at_hand = (
+        manifest is not None and str(manifest.get("source", "")).startswith("PyPI wheel")
+        and local_dir is not None and (Path(local_dir).expanduser() / "u.data").is_file())
     if (not force and manifest and manifest.get("sha256") == expected_sha256
-            and manifest.get("format") == _FORMAT
+            and manifest.get("format") == _FORMAT and not derived_while_exact_at_hand
             and all((target / name).is_file() for name in CSV_NAMES)):
         logger.info(f"MovieLens-100K: using the converted copy in {target}")
         return target
     downloads = raw_dir / "downloads"
-    if local_dir is None and os.environ.get(ML100K_ENV_VAR):
-        local_dir = os.environ[ML100K_ENV_VAR]
     sources: list[tuple[str, Callable[[], RawDataset]]] = [
         (f"local directory {local_dir}" if local_dir else "local directory",
          lambda: _from_local(local_dir, expected_sha256)),
