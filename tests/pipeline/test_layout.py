@@ -2,6 +2,7 @@
 over 450 lines, each subpackage documented, and TensorFlow only where the model needs it."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,19 @@ def test_the_legacy_keras_switch_is_set_by_the_packages_not_per_module():
                      if "TF_USE_LEGACY_KERAS" in path.read_text()
                      and 'os.environ.setdefault("TF_USE_LEGACY_KERAS"' in path.read_text())
     assert setters == ["model/__init__.py", "serving/__init__.py"]
+
+
+def _thread_settings_after_importing_the_model(**preset: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")} | preset
+    code = ("import os, twotower_utils.model; print(os.environ['TF_NUM_INTRAOP_THREADS'], "
+            "os.environ['TF_NUM_INTEROP_THREADS'])")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True).stdout.split()
+
+
+def test_the_model_package_sets_tensorflows_thread_pools_unless_the_user_did():
+    cores = max(2, len(os.sched_getaffinity(0)))
+    assert _thread_settings_after_importing_the_model() == ["1", str(cores)]
+    assert _thread_settings_after_importing_the_model(
+        TF_NUM_INTRAOP_THREADS="4", TF_NUM_INTEROP_THREADS="3") == ["4", "3"]

@@ -13,8 +13,18 @@ trains and saves its run through `system.TwoTowerRecallSystem`).
 
 TensorFlow Recommenders needs Keras 2: `TF_USE_LEGACY_KERAS=1` is set here, once, before any
 module of the package can import TensorFlow.
+
+TensorFlow's thread pools default here to one thread per operation and one operation per core
+(`TF_NUM_INTRAOP_THREADS=1`, `TF_NUM_INTEROP_THREADS` = the usable cores, at least 2): a step
+is many small operations (the members' gathers, pooling and [1024, 64] products) that gain
+more from running side by side than from being split across cores; on 2 cores an epoch of the
+shipped four-member step took 2.0-2.7 s this way against 2.5-4.1 s with TensorFlow's own
+defaults (benchmarks/README.md, "TensorFlow's thread pools"). Either variable set beforehand, or
+`tf.config.threading`, wins.
 """
 
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(max(2, len(os.sched_getaffinity(0)))))
