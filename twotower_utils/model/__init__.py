@@ -27,4 +27,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(max(2, len(os.sched_getaffinity(0)))))
+# The cores this process may use (sched_getaffinity is Linux-only; elsewhere all of them).
+_cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+          else os.cpu_count() or 2)
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(max(2, _cores)))
