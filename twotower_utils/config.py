@@ -101,6 +101,10 @@ class TrainingConfig:
     # schedule reads the same whatever the dataset's size and the batch size.
     learning_rate_decay_epochs: float | None = number(3.0, lo=0.0, lo_open=True)
     early_stopping_patience: int = number(3, lo=0)
+    # An epoch counts as an improvement only when the metric beats the best so far by more
+    # than this (absolute): gains below the epoch-to-epoch noise neither reset the patience
+    # nor move the best epoch (Keras' `min_delta`).
+    early_stopping_min_delta: float = number(0.0, lo=0.0)
     early_stopping_metric: str = choice("ndcg@10", "recall@10", "ndcg@20", "recall@20",
                                          default="ndcg@10")
     loss: str = choice("bce", "sampled_softmax", "softmax", default="bce")

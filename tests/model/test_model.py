@@ -408,6 +408,22 @@ def test_early_stopping_restores_the_best_epochs_weights(data, project_root, wor
     assert len(result.history) == result.best_epoch + 1 < 6
 
 
+def test_gains_within_min_delta_do_not_count_as_improvements(data, project_root, workdir):
+    from twotower_utils.system import TwoTowerRecallSystem
+
+    # No nDCG can beat another by more than 1: only the first epoch improves (on -inf).
+    overrides = small_overrides(workdir, **{"training.epochs": 6,
+                                            "training.early_stopping_patience": 2,
+                                            "training.early_stopping_min_delta": 1.0,
+                                            "model.ensemble_size": 1})
+    system = TwoTowerRecallSystem(project_root / "config.json", overrides, run_id="min-delta")
+    system.prepare_data(reuse=True)
+    result = system.train_model(save=False)
+    assert result.best_epoch == 1 and result.stopped_early
+    assert len(result.history) == 3
+    assert result.best_metric == pytest.approx(result.history[0]["val_ndcg@10"])
+
+
 # ---------------------------------------------------------------------------- system API
 
 

@@ -148,9 +148,10 @@ class MemberStopping:
     """Early stopping per ensemble member, and each member's weights from its own epoch.
 
     With validation (`member_epochs` None): member m's best epoch is the one its own slice
-    of the embeddings scores best on, and it stops training (`active`) after `patience`
-    epochs without improving; training stops once every member has. Without validation (a
-    refit), member m trains for `member_epochs[m]` epochs and its weights are taken then.
+    of the embeddings scores best on (an improvement must beat the best by more than
+    `min_delta`), and it stops training (`active`) after `patience` epochs without
+    improving; training stops once every member has. Without validation (a refit), member
+    m trains for `member_epochs[m]` epochs and its weights are taken then.
     A stopped member is left out of the training step, so it costs nothing while the others
     go on (members share no weights: the others train exactly as if it were still
     there); its weights go on drifting with Adam's momentum, which does not matter because
@@ -160,11 +161,12 @@ class MemberStopping:
     """
 
     def __init__(self, model, directory: Path, member_epochs: list[int] | None = None,
-                 patience: int = 5):
+                 patience: int = 5, min_delta: float = 0.0):
         members = model.members
         self.model, self.directory, self.member_epochs = model, Path(directory), member_epochs
         # patience 0 stops after the first epoch without improvement, as Keras does.
         self.patience = max(int(patience), 1)
+        self.min_delta = float(min_delta)
         self.state = {
             "member_best_epoch": tf.Variable(tf.zeros([members], tf.int64), trainable=False),
             "member_best_metric": tf.Variable(tf.fill([members], tf.constant(-np.inf,
@@ -195,7 +197,7 @@ class MemberStopping:
                     best_epoch[member] = epoch
             elif member not in values:
                 continue  # stopped earlier
-            elif values[member] > best[member]:
+            elif values[member] > best[member] + self.min_delta:
                 best[member], best_epoch[member], wait[member] = values[member], epoch, 0
                 chosen.append(member)
             else:

@@ -19,6 +19,7 @@ __all__ = ["RESUMABLE_CHANGES", "ResumeError", "check_resumable", "training_sett
 
 # Keys a resumed run may change: how long it trains, not what it trains.
 RESUMABLE_CHANGES = ("training.epochs", "training.early_stopping_patience",
+                     "training.early_stopping_min_delta",
                      "training.distribution_strategy", "data.ml100k_dir",
                      "data.negatives_sample_size")
 

@@ -209,7 +209,8 @@ class Trainer:
             self.member_stopping = MemberStopping(
                 model, self.checkpoint_dir / "members",
                 None if self.validation is not None else list(member_epochs),
-                patience=config.training.early_stopping_patience)
+                patience=config.training.early_stopping_patience,
+                min_delta=config.training.early_stopping_min_delta)
             self.state.update(self.member_stopping.state)
         with self.strategy.scope():
             self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer,
@@ -415,7 +416,8 @@ class Trainer:
         state = self.state
         value = record.get(f"val_{self.metric}", np.nan)
         state["seconds"].assign_add(record["seconds"])
-        improved = self.validation is None or value > state["best_metric"].numpy()
+        improved = self.validation is None or (
+            value > state["best_metric"].numpy() + self.config.training.early_stopping_min_delta)
         members = self.member_stopping
         if members is not None:
             values = None if self.validation is None else {
