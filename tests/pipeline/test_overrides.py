@@ -111,3 +111,24 @@ def test_the_benchmarks_share_set_and_ml100k_dir(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit):
         common.set_overrides(parser, parser.parse_args(["--set", "model.hidden_layers", "[64,"]))
     assert "--set model.hidden_layers = '[64,'" in capsys.readouterr().err
+
+
+def test_quick_is_shorthand_for_three_members_and_explicit_options_win(monkeypatch):
+    from twotower_utils.config import load_config
+    from twotower_utils.pipeline.runs import QUICK_OVERRIDES
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: calls.append(args))
+    config = str(PROJECT / "config.json")
+    assert pipeline.main(["--config", config, "--quick", "--no-html"]) == 0
+    assert pipeline.main(["--config", config, "--quick", "-p", "training.epochs", "3"]) == 0
+    assert pipeline.main(["--config", config, "--quick", "-p", "model.ensemble_size", "2",
+                          "-p", "model.ensemble_member_overrides", "[{}, {}]"]) == 0
+    quick, with_epochs, explicit = (call[1] for call in calls)
+    assert quick == QUICK_OVERRIDES
+    assert with_epochs == {**QUICK_OVERRIDES, "training.epochs": 3}
+    assert explicit == {"model.ensemble_size": 2, "model.ensemble_member_overrides": [{}, {}]}
+    resolved = load_config(PROJECT / "config.json", quick)
+    assert resolved.model.ensemble_size == 3
+    assert [member.get("training.loss", "bce") for member in
+            resolved.model.ensemble_member_overrides] == ["bce", "softmax", "softmax"]

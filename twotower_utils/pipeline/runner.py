@@ -51,7 +51,7 @@ from twotower_utils.pipeline.nbtools import (
     render_html,
     strip_outputs,
 )
-from twotower_utils.pipeline.runs import check_run_id, new_run_id, start_run
+from twotower_utils.pipeline.runs import QUICK_OVERRIDES, check_run_id, new_run_id, start_run
 from twotower_utils.reports.index import environment, write_index, write_summary
 
 __all__ = ["STAGES", "PipelineInterrupted", "StageError", "select_stages", "parse_parameters",
@@ -333,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="shorthand for -p data.dataset NAME, with that "
                         "dataset's own feature declarations (unless set explicitly)")
     parser.add_argument("--fast", action="store_true", help="shorthand for -p FAST true")
+    parser.add_argument("--quick", action="store_true",
+                        help="the faster loop: three ensemble members instead of four "
+                        "(shorthand for the -p options of QUICK_OVERRIDES in "
+                        "twotower_utils/pipeline/runs.py; explicit -p options win)")
     parser.add_argument("--run-id", help="run id (default: a new timestamped id; with "
                         "--stage/--from-stage, the latest run)")
     group = parser.add_mutually_exclusive_group()
@@ -371,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["data.dataset"] = args.dataset
         if args.fast:
             params["FAST"] = True
+        if args.quick:
+            overrides = {**QUICK_OVERRIDES, **overrides}
         if args.index:
             probe = start_run(args.config, overrides, "index", create=False)
             print(write_index(probe.config.path("reports_dir")))
