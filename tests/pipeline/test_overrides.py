@@ -128,6 +128,13 @@ def test_quick_is_shorthand_for_three_members_and_explicit_options_win(monkeypat
     assert quick == QUICK_OVERRIDES
     assert with_epochs == {**QUICK_OVERRIDES, "training.epochs": 3}
     assert explicit == {"model.ensemble_size": 2, "model.ensemble_member_overrides": [{}, {}]}
+    from twotower_utils.pipeline import sweeps
+
+    swept = []
+    monkeypatch.setattr(sweeps, "run_sweep", lambda *args, **kwargs: swept.append(args)
+                        or {"runs": []})
+    assert pipeline.main(["--config", config, "--sweep", "grid.yaml", "--quick"]) == 0
+    assert swept[0][2] == QUICK_OVERRIDES  # under the grid's base and points
     resolved = load_config(PROJECT / "config.json", quick)
     assert resolved.model.ensemble_size == 3
     assert [member.get("training.loss", "bce") for member in
