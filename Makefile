@@ -14,6 +14,7 @@ help: ## list the targets and the main job's options
 	@echo 'Options of make run (ARGS="..."; all of them: .venv/bin/python -m twotower_utils.pipeline --help):'
 	@echo '  --config FILE              run on another config, e.g. the one make inspect wrote (your own data)'
 	@echo '  --fast                     smoke run: tiny model, two epochs'
+	@echo '  --quick                    the faster loop: three ensemble members instead of four'
 	@echo '  -p KEY VALUE               a config override (-p training.epochs 5) or notebook parameter (-p FAST true)'
 	@echo '  --cell-timeout SECONDS     stop a notebook cell running longer than this (default 600; training unbounded)'
 	@echo '  --run-id ID                name the run (default: a new timestamped id)'
