@@ -37,7 +37,7 @@ FAST_OVERRIDES: dict[str, Any] = {
     "model.hidden_layers": [32],
 }
 # The faster loop (`--quick`): three ensemble members (one BCE, two in-batch softmax + logQ)
-# instead of four. About a third less training; judged on validation it is level on
+# instead of four. A fifth to a third less training; judged on validation it is level on
 # MovieLens-100K's benchmark split and 0.002-0.003 below the four on its temporal split and
 # on a long-tail 9K-item catalogue (benchmarks/README.md, "Fewer members"), so it is an
 # option for exploring, not the default.
