@@ -1,5 +1,6 @@
-"""The towers, the BCE loss and its negatives, training (early stopping, kill-and-resume), and
-the `TwoTowerRecallSystem` API, on a small synthetic dataset with planted clusters."""
+"""The towers, training (early stopping, refit, kill-and-resume), and the
+`TwoTowerRecallSystem` API, on a small synthetic dataset with planted clusters (fixtures in
+conftest.py; the losses in test_losses.py, ensembles in test_ensemble.py)."""
 
 import os
 
@@ -12,61 +13,11 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 tf = pytest.importorskip("tensorflow")
 
 from log_capture import captured_log  # noqa: E402
-from synthetic_settings import SMALL_SYNTHETIC  # noqa: E402
+from small_model import SMALL, small_overrides  # noqa: E402
 
 from twotower_utils.config import load_config  # noqa: E402
-from twotower_utils.data.preprocessing import DataPreprocessor, load_processed  # noqa: E402
 
-SMALL = {
-    **SMALL_SYNTHETIC,
-    "model.dropout": 0.1,
-    "model.l2_regularization": 0.0,  # the hand-computed loss below is the BCE alone
-    "training.epochs": 4,
-    "training.early_stopping_patience": 10,
-}
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A scratch project root whose paths point into a temporary directory."""
-    return tmp_path_factory.mktemp("twotower")
-
-
-def small_overrides(workdir, **extra):
-    """SMALL plus paths inside `workdir` and any extra overrides."""
-    paths = {f"paths.{name}": str(workdir / name)
-             for name in ("raw_dir", "processed_dir", "models_dir", "logs_dir")}
-    return {**SMALL, **paths, **extra}
-
-
-@pytest.fixture(scope="module")
-def config(project_root, workdir):
-    """The small synthetic configuration."""
-    return load_config(project_root / "config.json", small_overrides(workdir))
-
-
-@pytest.fixture(scope="module")
-def data(config):
-    """Processed synthetic data (preprocessed once for the module)."""
-    DataPreprocessor(config).run()
-    return load_processed(config.processed_dir())
-
-
-@pytest.fixture(scope="module")
-def system(project_root, workdir, data):
-    """A trained and saved `TwoTowerRecallSystem` on the synthetic data."""
-    from twotower_utils.system import TwoTowerRecallSystem
-
-    system = TwoTowerRecallSystem(project_root / "config.json", small_overrides(workdir),
-                                  run_id="main")
-    with captured_log() as lines:
-        system.prepare_data(reuse=True)
-        system.train_model()
-    system.log_lines = lines
-    return system
-
-
-# ---------------------------------------------------------------------------- towers, loss
+# ---------------------------------------------------------------------------- towers
 
 
 def test_every_hidden_dense_is_followed_by_batchnorm_activation_and_dropout(data, workdir,
@@ -87,195 +38,6 @@ def test_every_hidden_dense_is_followed_by_batchnorm_activation_and_dropout(data
     users = tf.constant([1, 2, 3])
     assert model.embed_users(users).shape == (3, 16)
     assert model.embed_items(users).shape == (3, 16)
-
-
-@pytest.mark.parametrize("members", [1, 2])
-def test_bce_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, workdir, project_root,
-                                                                members):
-    from twotower_utils.model.two_tower import build_model
-
-    config = load_config(project_root / "config.json",
-                         small_overrides(workdir, **{"model.ensemble_size": members}))
-    model = build_model(data, config)
-    users = tf.constant([1, 2, 3], tf.int32)
-    items = tf.constant([data.history[u].indices[0] for u in (1, 2, 3)], tf.int32)
-    negatives = tf.constant([[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]], tf.int32)
-    valid = tf.constant([[True, True, True, False]] * 3)
-    for sampler in model.samplers:  # each member draws its own negatives: fix them all
-        sampler.sample = lambda _users, _k: (negatives, valid)
-    loss = float(model.compute_loss({"user_idx": users, "item_idx": items}))
-
-    loo = model.options["history_leave_one_out"]
-    user_vec = model.embed_users(users, exclude_items=items if loo else None).numpy()
-    item_vec = model.embed_items(items).numpy()
-    neg_vec = model.embed_items(tf.reshape(negatives, [-1])).numpy().reshape(3, 4, -1)
-    dim = config.model.embedding_dim
-    assert user_vec.shape == (3, members * dim) == item_vec.shape[:1] + (members * dim,)
-
-    def log_sigmoid(x):
-        return -np.log1p(np.exp(-x))
-
-    # Per member and positive: its own term plus its valid negatives' (the 4th is invalid);
-    # summed over members, averaged over positives.
-    expected = 0.0
-    for member in range(members):
-        part = slice(member * dim, (member + 1) * dim)
-        pos = (user_vec[:, part] * item_vec[:, part]).sum(1)
-        neg = np.einsum("bd,bkd->bk", user_vec[:, part], neg_vec[:, :, part])
-        per_positive = -log_sigmoid(pos) - sum(log_sigmoid(-neg[:, j]) for j in range(3))
-        expected += per_positive.mean()
-    assert loss == pytest.approx(expected, rel=1e-5)
-
-
-def test_each_member_gets_its_seed_and_its_own_overrides(project_root, workdir):
-    from twotower_utils.model.fitting import member_config
-
-    config = load_config(project_root / "config.json", small_overrides(workdir, **{
-        "model.ensemble_size": 3, "training.seed": 7,
-        "model.ensemble_member_overrides": [{"training": {"loss": "sampled_softmax"}},
-                                            {"model.l2_regularization": 0.2}]}))
-    members = [member_config(config, m) for m in range(3)]
-    assert [m.training.seed for m in members] == [7, 1007, 2007]
-    assert [m.training.loss for m in members] == ["sampled_softmax", "bce", "bce"]
-    assert [m.model.l2_regularization for m in members] == [0.0, 0.2, 0.0]
-    assert all(m.model.ensemble_size == 1 and not m.model.ensemble_member_overrides
-               for m in members)
-    # Shrinking the ensemble needs no other change: unused entries are ignored.
-    single = config.with_overrides({"model.ensemble_size": 1})
-    assert member_config(single, 0).training.loss == "sampled_softmax"
-
-
-def test_joined_members_embed_as_the_members_side_by_side(data, workdir, project_root):
-    from twotower_utils.model.fitting import join_members, member_config
-    from twotower_utils.model.two_tower import build_model
-
-    config = load_config(project_root / "config.json", small_overrides(
-        workdir, **{"model.ensemble_size": 3, "model.hidden_layers": [8]}))
-    members = [build_model(data, member_config(config, m)) for m in range(3)]
-    assert [m.user_tower.members for m in members] == [1, 1, 1]
-    joined = join_members(members, data, config)
-    users = np.arange(data.num_users)
-    np.testing.assert_allclose(
-        joined.user_embeddings(users),
-        np.hstack([m.user_embeddings(users) for m in members]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(joined.item_embeddings(),
-                               np.hstack([m.item_embeddings() for m in members]),
-                               rtol=1e-5, atol=1e-6)
-    first, second = members[0].item_embeddings(), members[1].item_embeddings()
-    assert not np.allclose(first, second)  # members start apart (own seeds)
-    features = {spec["name"]: spec["vocabulary"][0] if spec["type"] == "categorical"
-                else spec["mean"] + 0.5 * spec["std"]
-                for spec in data.feature_specs["user"] if spec["type"] != "multi_hot"}
-    np.testing.assert_allclose(
-        joined.embed_new("user", features, history_items=np.array([1, 2])),
-        np.hstack([m.embed_new("user", features, history_items=np.array([1, 2]))
-                   for m in members]), rtol=1e-5, atol=1e-6)
-
-
-def test_sampled_softmax_loss_equals_a_hand_computed_value_on_a_fixed_batch(data, workdir,
-                                                                           project_root):
-    from twotower_utils.model.two_tower import build_model
-
-    config = load_config(project_root / "config.json", small_overrides(
-        workdir, **{"training.loss": "sampled_softmax", "training.softmax_negatives": 4}))
-    model = build_model(data, config)
-    users = tf.constant([1, 2, 3], tf.int32)
-    items = tf.constant([data.history[u].indices[0] for u in (1, 2, 3)], tf.int32)
-    # Shared negatives: each user's second training item is among them, so must drop out.
-    shared = np.array([data.history[u].indices[1] for u in (1, 2, 3)] + [7], np.int32)
-    model.sampler.draw = lambda _shape: tf.constant(shared)
-    loss = float(model.compute_loss({"user_idx": users, "item_idx": items}))
-
-    user_vec = model.embed_users(users).numpy()
-    pos = (user_vec * model.embed_items(items).numpy()).sum(1)
-    neg = user_vec @ model.embed_items(tf.constant(shared)).numpy().T
-    history = data.history.toarray() > 0
-    expected = []
-    for row, user in enumerate((1, 2, 3)):
-        logits = np.concatenate([[pos[row]], neg[row][~history[user, shared]]])
-        assert len(logits) <= 4  # at least that user's own second item left out
-        expected.append(np.log(np.exp(logits).sum()) - pos[row])
-    assert loss == pytest.approx(np.mean(expected), rel=1e-5)
-
-
-@pytest.mark.parametrize("shared", [0, 100_000])  # 0, or more than the catalogue: all items
-def test_sampled_softmax_with_negatives_covering_the_catalogue_is_the_exact_softmax(
-        data, workdir, project_root, shared):
-    from twotower_utils.model.two_tower import build_model
-
-    config = load_config(project_root / "config.json", small_overrides(
-        workdir, **{"training.loss": "sampled_softmax", "training.softmax_negatives": shared}))
-    model = build_model(data, config)
-    model.sampler.draw = None  # the whole catalogue is used: nothing may be drawn
-    users = np.array([1, 2], np.int32)
-    items = np.array([data.history[u].indices[0] for u in users], np.int32)
-    loss = float(model.compute_loss({"user_idx": tf.constant(users),
-                                     "item_idx": tf.constant(items)}))
-    scores = model.embed_users(tf.constant(users)).numpy() @ model.item_embeddings().T
-    train_items = np.asarray(data.history.sum(axis=0)).ravel() > 0
-    history = data.history.toarray() > 0
-    expected = [np.log(np.exp(np.append(s[i], s[train_items & ~history[u]])).sum()) - s[i]
-                for u, i, s in zip(users, items, scores)]
-    assert loss == pytest.approx(np.mean(expected), rel=1e-4)
-
-
-@pytest.mark.parametrize("lookup", ["dense", "hash"])
-@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
-def test_sampled_negatives_never_include_the_users_training_positives(
-        data, workdir, project_root, sampling, lookup, monkeypatch):
-    from twotower_utils.model import sampler
-    from twotower_utils.model.two_tower import build_model
-
-    if lookup == "hash":  # the lookup large data gets: users x items over the dense limit
-        monkeypatch.setattr(sampler, "DENSE_MASK_MAX_CELLS", 0)
-    config = load_config(project_root / "config.json",
-                         small_overrides(workdir, **{"data.negative_sampling": sampling}))
-    model = build_model(data, config)
-    assert (model.sampler.positive_table is not None) == (lookup == "hash")
-    grid_users, grid_items = np.meshgrid(np.arange(data.num_users), np.arange(data.num_items),
-                                         indexing="ij")
-    is_positive = model.sampler.is_positive(tf.constant(grid_users), tf.constant(grid_items))
-    np.testing.assert_array_equal(is_positive.numpy(), data.history.toarray() > 0)
-    rows, columns = np.array([3, 1, 3, 7], np.int32), np.arange(data.num_items, dtype=np.int32)
-    np.testing.assert_array_equal(  # the [B, C] form the in-batch losses use
-        model.sampler.positive_matrix(tf.constant(rows), tf.constant(columns)).numpy(),
-        data.history.toarray()[rows] > 0)
-    users = np.repeat(np.arange(1, data.num_users), 20).astype(np.int32)
-    negatives, valid = model.sampler.sample(tf.constant(users), 8)
-    negatives, valid = negatives.numpy(), valid.numpy()
-    assert valid.all()
-    positives = data.history[users].toarray()
-    assert not positives[np.arange(len(users))[:, None], negatives].any()
-    assert negatives.min() >= 1  # never the out-of-vocabulary slot
-    train_items = np.asarray(data.history.sum(axis=0)).ravel() > 0
-    assert train_items[negatives].all()  # only items seen in training
-
-
-@pytest.mark.parametrize("overrides", [
-    {"training.loss": "softmax"},
-    {"training.loss": "sampled_softmax", "training.softmax_negatives": 8,
-     "training.in_batch_negatives": True, "training.logq_correction": True},
-    {"training.in_batch_negatives": True, "data.negative_sampling": "popularity",
-     "training.logq_correction": True},
-    {"model.similarity": "cosine", "model.temperature": 0.1, "model.hidden_layers": []},
-    {"model.ensemble_size": 3, "model.hidden_layers": [16], "training.loss": "softmax"},
-    {"model.ensemble_size": 2, "training.loss": "sampled_softmax",
-     "training.softmax_negatives": 8, "training.in_batch_negatives": True,
-     "data.negative_sampling": "popularity", "training.logq_correction": True},
-    {"model.ensemble_size": 2, "training.in_batch_negatives": True},
-])
-def test_loss_variants_give_finite_losses_and_gradients(data, workdir, project_root, overrides):
-    from twotower_utils.model.two_tower import build_model
-
-    config = load_config(project_root / "config.json", small_overrides(workdir, **overrides))
-    model = build_model(data, config)
-    batch = {"user_idx": tf.constant(data.train["user_idx"].to_numpy()[:64]),
-             "item_idx": tf.constant(data.train["item_idx"].to_numpy()[:64])}
-    with tf.GradientTape() as tape:
-        loss = model.compute_loss(batch, training=True)
-    grads = tape.gradient(loss, model.trainable_variables)
-    assert np.isfinite(float(loss))
-    assert all(g is not None for g in grads)
 
 
 # ---------------------------------------------------------------------------- training
@@ -472,20 +234,6 @@ def test_unknown_user_gets_cold_start_with_features_or_a_named_error(system):
     assert item not in set(recs["item_id"])
 
 
-@pytest.fixture(scope="module")
-def ensemble_system(project_root, workdir, data):
-    """A trained and saved system whose towers are ensembles of two members."""
-    from twotower_utils.system import TwoTowerRecallSystem
-
-    system = TwoTowerRecallSystem(
-        project_root / "config.json",
-        small_overrides(workdir, **{"model.ensemble_size": 2, "training.epochs": 2}),
-        run_id="ensemble")
-    system.prepare_data(reuse=True)
-    system.train_model()
-    return system
-
-
 @pytest.mark.parametrize("which", ["system", "ensemble_system"])
 def test_a_saved_run_reloads_and_recommends_identically(which, request):
     from twotower_utils.serving.artifacts import RunArtifacts
@@ -521,79 +269,7 @@ def test_a_saved_run_reloads_and_recommends_identically(which, request):
     np.testing.assert_allclose(out, loaded._items()[[1, 2]], rtol=1e-5, atol=1e-6)
 
 
-# ---------------------------------------------------------------------------- one-step ensembles
-
-
-def test_ensemble_members_train_in_one_step_each_on_its_own_batch(data, workdir, project_root):
-    from twotower_utils.model import losses
-    from twotower_utils.model.training import Trainer
-    from twotower_utils.model.two_tower import build_model
-
-    config = load_config(project_root / "config.json", small_overrides(workdir, **{
-        "model.ensemble_size": 3, "model.ensemble_member_overrides": [
-            {}, {"training.loss": "softmax"}, {"model.l2_regularization": 0.1}]}))
-    model = build_model(data, config)
-    assert [s.loss for s in model.settings] == ["bce", "softmax", "bce"]
-    assert [s.l2 for s in model.settings] == [0.0, 0.0, 0.1]
-    trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
-                      data.train["item_idx"].to_numpy(), None, data.history,
-                      checkpoint_dir=workdir / "one-step")
-    orders = trainer.epoch_orders(1)
-    assert len(orders) == 3 and all(sorted(o) == list(range(len(data.train))) for o in orders)
-    assert not np.array_equal(orders[0], orders[1])  # own batch order per member
-    users = data.train["user_idx"].to_numpy()[np.stack(orders)[:, :64]].astype(np.int32)
-    items = data.train["item_idx"].to_numpy()[np.stack(orders)[:, :64]].astype(np.int32)
-    # Evaluation mode: no random dropout, and each member's negatives are fixed below.
-    negatives = tf.constant(np.tile(np.arange(5, 9, dtype=np.int32), (64, 1)))
-    for sampler in model.samplers:
-        sampler.sample = lambda users, k: (negatives[:tf.size(users), :k],
-                                           tf.ones([tf.size(users), k], tf.bool))
-    total = float(model.compute_loss({"user_idx": tf.constant(users),
-                                      "item_idx": tf.constant(items)}))
-    parts = [float(losses.member_loss(model, m, tf.constant(users[m]), tf.constant(items[m])))
-             for m in range(3)]
-    assert total == pytest.approx(sum(parts), rel=1e-5)
-    # Member m's loss depends only on member m's slice: another member's batch changes
-    # nothing in it.
-    swapped = float(losses.member_loss(model, 1, tf.constant(users[1]), tf.constant(items[1])))
-    assert swapped == pytest.approx(parts[1], rel=1e-6)
-    assert len({round(p, 6) for p in parts}) == 3
-
-
-def test_an_ensemble_is_early_stopped_as_one_model_and_refitted_once(project_root, workdir,
-                                                                     data):
-    from twotower_utils.system import TwoTowerRecallSystem
-
-    system = TwoTowerRecallSystem(project_root / "config.json", small_overrides(workdir, **{
-        "model.ensemble_size": 2, "training.epochs": 3, "training.refit_with_validation": True,
-        "model.ensemble_member_overrides": [{}, {"training.loss": "softmax"}]}),
-        run_id="one-step")
-    system.prepare_data(reuse=True)
-    with captured_log() as lines:
-        result = system.train_model(save=False)
-    assert len(result.history) == 3  # one early-stopping run, not one per member
-    assert sum(line.startswith("refitting on train + validation") for line in lines) == 1
-    assert result.extra["ensemble_val_ndcg@10"] == result.best_metric
-    members = result.extra["member_val_ndcg@10"]
-    assert len(members) == 2 and all(0 < value < 1 for value in members)
-    assert system.model.user_tower.members == 2
-
-
-def test_in_batch_softmax_equals_the_tfrs_retrieval_task(data, workdir, project_root):
-    import tensorflow_recommenders as tfrs
-
-    from twotower_utils.model.losses import in_batch_softmax
-
-    rng = np.random.default_rng(0)
-    users, items = (tf.constant(rng.normal(size=(6, 4)), tf.float32) for _ in range(2))
-    mask = tf.constant(rng.random((6, 6)) > 0.3) | tf.eye(6, dtype=tf.bool)
-    log_q = tf.constant(np.log(rng.uniform(0.01, 0.5, 6)), tf.float32)
-    task = tfrs.tasks.Retrieval(loss=tf.keras.losses.CategoricalCrossentropy(
-        from_logits=True, reduction=tf.keras.losses.Reduction.SUM), temperature=0.5)
-    expected = task(users, items, compute_metrics=False, score_mask=mask,
-                    candidate_sampling_probability=tf.exp(log_q))
-    assert float(in_batch_softmax(users, items, 0.5, mask, log_q)) == pytest.approx(
-        float(expected), rel=1e-5)
+# ---------------------------------------------------------------------------- resuming
 
 
 @pytest.mark.parametrize("change", [{"model.embedding_dim": 8},
@@ -630,71 +306,3 @@ def test_resuming_with_other_settings_is_refused_naming_the_keys(project_root, w
     assert third.train_model(resume=True, save=False).resumed_from == 1
 
 
-def test_each_member_keeps_its_own_best_epoch_and_the_refit_takes_it(data, workdir,
-                                                                    project_root):
-    from twotower_utils.model.ensemble import member_metrics, read_member
-    from twotower_utils.model.training import Trainer
-    from twotower_utils.model.two_tower import build_model
-
-    config = load_config(project_root / "config.json", small_overrides(workdir, **{
-        "model.ensemble_size": 2, "training.epochs": 4, "training.learning_rate": 0.05,
-        "model.ensemble_member_overrides": [{}, {"training.loss": "softmax"}]}))
-    model = build_model(data, config)
-    validation = data.interactions("validation")
-    trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
-                      data.train["item_idx"].to_numpy(), validation, data.history,
-                      checkpoint_dir=workdir / "member-stopping")
-    result = trainer.fit()
-    epochs = result.extra["member_best_epochs"]
-    curves = [[r[f"member{m}_ndcg@10"] for r in result.history] for m in range(2)]
-    assert epochs == [int(np.argmax(c)) + 1 for c in curves]
-    assert result.best_epoch == max(epochs)
-    # Each member's slice is back at its own best epoch.
-    values = member_metrics(model, data.history, validation, trainer.candidates, "ndcg@10")
-    assert list(values.values()) == pytest.approx([max(c) for c in curves], abs=1e-6)
-    refit = build_model(data, config)
-    snapshots = {}
-    refitter = Trainer(refit, config, data.train["user_idx"].to_numpy(),
-                       data.train["item_idx"].to_numpy(), None, data.history,
-                       checkpoint_dir=workdir / "member-refit", member_epochs=[1, 2])
-    refitter.fit(callbacks=[lambda epoch, _r: snapshots.setdefault(epoch, [
-        read_member(refit, m) for m in range(2)])])
-    for member, epoch in enumerate([1, 2]):
-        for ours, theirs in zip(read_member(refit, member), snapshots[epoch][member],
-                                strict=True):
-            np.testing.assert_array_equal(ours, theirs)
-
-
-def test_a_stopped_member_leaves_the_step_and_the_others_train_as_before(data, workdir,
-                                                                         project_root):
-    from twotower_utils.model.ensemble import read_member
-    from twotower_utils.model.training import Trainer
-    from twotower_utils.model.two_tower import build_model
-
-    config = load_config(project_root / "config.json", small_overrides(workdir, **{
-        "model.ensemble_size": 2, "training.epochs": 3,
-        "model.ensemble_member_overrides": [{}, {"training.loss": "softmax"}]}))
-
-    def refit(member_epochs):
-        model = build_model(data, config)
-        trainer = Trainer(model, config, data.train["user_idx"].to_numpy(),
-                          data.train["item_idx"].to_numpy(), None, data.history,
-                          checkpoint_dir=workdir / f"frozen-{member_epochs}",
-                          member_epochs=member_epochs)
-        snapshots = {}
-        result = trainer.fit(callbacks=[lambda epoch, _r: snapshots.setdefault(
-            epoch, read_member(model, 1))])
-        return model, result, snapshots
-
-    both, both_result, _ = refit([3, 3])
-    alone, alone_result, snapshots = refit([3, 1])
-    assert [r["members_trained"] for r in alone_result.history] == [2, 1, 1]
-    assert [r["members_trained"] for r in both_result.history] == [2, 2, 2]
-    # Member 0 trains exactly as with member 1 beside it ...
-    for ours, theirs in zip(read_member(alone, 0), read_member(both, 0), strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
-    # ... and member 1 is its epoch-1 weights, not what it drifted to afterwards.
-    for ours, theirs in zip(read_member(alone, 1), snapshots[1], strict=True):
-        np.testing.assert_array_equal(ours, theirs)
-    assert any(not np.array_equal(a, b) for a, b in zip(read_member(alone, 1),
-                                                         read_member(both, 1), strict=True))
