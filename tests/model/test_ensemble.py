@@ -120,7 +120,7 @@ def test_an_ensemble_is_early_stopped_as_one_model_and_refitted_once(project_roo
 def test_each_member_keeps_its_own_best_epoch_and_the_refit_takes_it(data, workdir,
                                                                     project_root):
     from twotower_utils.model.ensemble import member_metrics, read_member
-    from twotower_utils.model.training import Trainer
+    from twotower_utils.model.training import Trainer, evaluate_ranking, validation_vectors
     from twotower_utils.model.two_tower import build_model
 
     config = load_config(project_root / "config.json", small_overrides(workdir, **{
@@ -139,6 +139,13 @@ def test_each_member_keeps_its_own_best_epoch_and_the_refit_takes_it(data, workd
     # Each member's slice is back at its own best epoch.
     values = member_metrics(model, data.history, validation, trainer.candidates, "ndcg@10")
     assert list(values.values()) == pytest.approx([max(c) for c in curves], abs=1e-6)
+    # The epoch's one embedding pass, shared by both metrics, changes neither.
+    vectors = validation_vectors(model, validation)
+    assert member_metrics(model, data.history, validation, trainer.candidates, "ndcg@10",
+                          vectors=vectors) == values
+    assert evaluate_ranking(model, data.history, validation, trainer.candidates,
+                            vectors=vectors) == evaluate_ranking(model, data.history,
+                                                                 validation, trainer.candidates)
     refit = build_model(data, config)
     snapshots = {}
     refitter = Trainer(refit, config, data.train["user_idx"].to_numpy(),

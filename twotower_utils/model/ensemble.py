@@ -125,14 +125,16 @@ def write_member(model, member: int, values: list[np.ndarray]) -> None:
 
 def member_metrics(model, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
                    candidates: np.ndarray | None, metric: str,
-                   members=None) -> dict[int, float]:
+                   members=None, vectors: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> dict[int, float]:
     """`{member: metric}` (e.g. "ndcg@10") on `relevant` for `members` (default all), each
     scored by its own slice of the embeddings alone (`exclude`: items never recommended;
-    `candidates`: recommendable)."""
+    `candidates`: recommendable; `vectors`: the model's `(user, item)` embeddings of
+    `scored_users(relevant)` and of every item, when already computed)."""
     name, k = metric.split("@")[0], int(metric.split("@")[1])
     relevant = sp.csr_matrix(relevant)
     users = scored_users(relevant)
-    user_vec, item_vec = model.user_embeddings(users), model.item_embeddings()
+    user_vec, item_vec = vectors or (model.user_embeddings(users), model.item_embeddings())
     width = user_vec.shape[1] // model.members
     values = {}
     for member in range(model.members) if members is None else members:
