@@ -119,9 +119,10 @@ def test_an_ensemble_is_early_stopped_as_one_model_and_refitted_once(project_roo
 
 def test_each_member_keeps_its_own_best_epoch_and_the_refit_takes_it(data, workdir,
                                                                     project_root):
-    from twotower_utils.model.ensemble import member_metrics, read_member
-    from twotower_utils.model.training import Trainer, evaluate_ranking, validation_vectors
+    from twotower_utils.model.ensemble import read_member
+    from twotower_utils.model.training import Trainer
     from twotower_utils.model.two_tower import build_model
+    from twotower_utils.model.validation import evaluate_ranking, member_metrics, validation_vectors
 
     config = load_config(project_root / "config.json", small_overrides(workdir, **{
         "model.ensemble_size": 2, "training.epochs": 4, "training.learning_rate": 0.05,

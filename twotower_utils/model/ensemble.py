@@ -15,16 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import tensorflow as tf
 
 from twotower_utils.config import SINGLE_MEMBER, Config
-from twotower_utils.evaluation.metrics import ranking_metrics, top_k_scores
-from twotower_utils.evaluation.protocol import scored_users
 
 __all__ = ["MEMBER_SEED_STRIDE", "MemberSettings", "MemberStopping", "member_config",
-           "member_metrics", "member_settings", "member_variables", "read_member",
-           "write_member"]
+           "member_settings", "member_variables", "read_member", "write_member"]
 
 MEMBER_SEED_STRIDE = 1000  # runs with seeds s and s + 1 must not share members
 
@@ -121,29 +117,6 @@ def write_member(model, member: int, values: list[np.ndarray]) -> None:
             full = variable.numpy()
             full[:, columns] = value
             variable.assign(full)
-
-
-def member_metrics(model, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
-                   candidates: np.ndarray | None, metric: str,
-                   members=None, vectors: tuple[np.ndarray, np.ndarray] | None = None
-                   ) -> dict[int, float]:
-    """`{member: metric}` (e.g. "ndcg@10") on `relevant` for `members` (default all), each
-    scored by its own slice of the embeddings alone (`exclude`: items never recommended;
-    `candidates`: recommendable; `vectors`: the model's `(user, item)` embeddings of
-    `scored_users(relevant)` and of every item, when already computed)."""
-    name, k = metric.split("@")[0], int(metric.split("@")[1])
-    relevant = sp.csr_matrix(relevant)
-    users = scored_users(relevant)
-    user_vec, item_vec = vectors or (model.user_embeddings(users), model.item_embeddings())
-    width = user_vec.shape[1] // model.members
-    values = {}
-    for member in range(model.members) if members is None else members:
-        part = slice(member * width, (member + 1) * width)
-        top, _ = top_k_scores(user_vec[:, part], item_vec[:, part], k,
-                              exclude=sp.csr_matrix(exclude)[users], candidates=candidates)
-        values[int(member)] = float(
-            ranking_metrics(top, relevant[users], (k,), (name,))[metric])
-    return values
 
 
 class MemberStopping:

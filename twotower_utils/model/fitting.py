@@ -36,9 +36,10 @@ import tensorflow as tf
 from twotower_utils.config import Config
 from twotower_utils.evaluation.protocol import EvaluationProtocol, evaluation_protocol
 from twotower_utils.model.distributed import is_default
-from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, member_config, member_metrics
+from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, member_config
 from twotower_utils.model.training import Trainer
 from twotower_utils.model.two_tower import TwoTowerModel, build_model
+from twotower_utils.model.validation import member_metrics
 
 __all__ = ["MEMBER_SEED_STRIDE", "early_stop", "ensemble_summary", "join_members",
            "member_config", "plain_copy", "refit", "refit_data", "train_and_refit",

@@ -45,16 +45,15 @@ import scipy.sparse as sp
 import tensorflow as tf
 
 from twotower_utils.config import Config
-from twotower_utils.evaluation.metrics import ranking_metrics, top_k_scores
-from twotower_utils.evaluation.protocol import scored_users, seen_items
+from twotower_utils.evaluation.protocol import seen_items
 from twotower_utils.io import write_json
 from twotower_utils.model.distributed import is_default, worker_directory
-from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, MemberStopping, member_metrics
+from twotower_utils.model.ensemble import MEMBER_SEED_STRIDE, MemberStopping
 from twotower_utils.model.resume import ResumeError, check_resumable, training_settings
+from twotower_utils.model.validation import evaluate_ranking, member_metrics, validation_vectors
 
 __all__ = ["ResumeError", "Trainer", "TrainingResult", "check_resumable",
-           "evaluate_ranking", "make_optimizer", "replicated_generator_states",
-           "training_settings", "validation_vectors"]
+           "make_optimizer", "replicated_generator_states", "training_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,44 +98,6 @@ def make_optimizer(config: Config, num_pairs: int | None = None
         train.learning_rate, decay_steps, train.learning_rate_decay_factor)
     # The legacy (fused-kernel) Adam costs a fraction of the new one per step on CPU.
     return tf.keras.optimizers.legacy.Adam(learning_rate=schedule)
-
-
-def evaluate_ranking(model, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
-                     candidates: np.ndarray | None, k_values: Sequence[int] = (10,),
-                     metrics: Sequence[str] = ("precision", "recall", "ndcg", "map"),
-                     history: sp.csr_matrix | None = None,
-                     vectors: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
-    """Full-catalogue ranking metrics of `model` for the users with relevant items.
-
-    Args:
-        model: a `TwoTowerModel`.
-        exclude: csr `[num_users, num_items]` of items never recommended to a user (their
-            known positives).
-        relevant: csr `[num_users, num_items]` of held-out positives to score against.
-        candidates: bool `[num_items]` of recommendable items (None: all).
-        k_values, metrics: as in `evaluation.ranking_metrics`.
-        history: csr of the items fed to the user tower's history input (None: the
-            model's training history).
-        vectors: `(user, item)` embeddings already computed (`validation_vectors`), else
-            computed here.
-
-    Returns:
-        `{"ndcg@10": ..., ...}`.
-    """
-    relevant = sp.csr_matrix(relevant)
-    users = scored_users(relevant)
-    user_vec, item_vec = vectors or validation_vectors(model, relevant, history)
-    top_idx, _ = top_k_scores(user_vec, item_vec, max(k_values),
-                              exclude=sp.csr_matrix(exclude)[users], candidates=candidates)
-    return ranking_metrics(top_idx, relevant[users], tuple(k_values), tuple(metrics))
-
-
-def validation_vectors(model, relevant: sp.csr_matrix, history: sp.csr_matrix | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """`model`'s embeddings of the users with relevant items (`scored_users(relevant)`, in
-    that order; `history` as in `evaluate_ranking`) and of every item: `(user, item)`."""
-    users = scored_users(sp.csr_matrix(relevant))
-    return model.user_embeddings(users, history), model.item_embeddings()
 
 
 def replicated_generator_states(model) -> list[tf.Variable]:
@@ -407,18 +368,18 @@ class Trainer:
         loss = float(np.dot([float(v) for v in losses], sizes)
                      / (sum(sizes) * max(int(active.sum()), 1)))
         train_seconds = time.perf_counter() - started
-        metrics, vectors = {}, None
+        metrics = {}
         if self.validation is not None:
             # One embedding pass serves the ensemble's metrics and each member's.
             vectors = validation_vectors(self.model, self.validation)
             metrics = evaluate_ranking(self.model, self.exclude, self.validation,
                                        self.candidates, self.k_values,
                                        ("precision", "recall", "ndcg", "map"), vectors=vectors)
-        if self.member_stopping is not None and self.validation is not None:
-            values = member_metrics(self.model, self.exclude, self.validation,
-                                    self.candidates, self.metric, np.flatnonzero(active),
-                                    vectors=vectors)
-            metrics.update({f"member{m}_{self.metric}": value for m, value in values.items()})
+            if self.member_stopping is not None:
+                values = member_metrics(self.model, self.exclude, self.validation,
+                                        self.candidates, self.metric, np.flatnonzero(active),
+                                        vectors=vectors)
+                metrics.update({f"member{m}_{self.metric}": v for m, v in values.items()})
         seconds = time.perf_counter() - started
         lr = self.optimizer.learning_rate
         lr = float(lr(self.optimizer.iterations) if callable(lr) else lr)
