@@ -64,13 +64,14 @@ def member_metrics(model, exclude: sp.csr_matrix, relevant: sp.csr_matrix,
     name, k = metric.split("@")[0], int(metric.split("@")[1])
     relevant = sp.csr_matrix(relevant)
     users = scored_users(relevant)
-    user_vec, item_vec = vectors or (model.user_embeddings(users), model.item_embeddings())
+    user_vec, item_vec = vectors or validation_vectors(model, relevant)
     width = user_vec.shape[1] // model.members
+    excluded = sp.csr_matrix(exclude)[users]
     values = {}
     for member in range(model.members) if members is None else members:
         part = slice(member * width, (member + 1) * width)
         top, _ = top_k_scores(user_vec[:, part], item_vec[:, part], k,
-                              exclude=sp.csr_matrix(exclude)[users], candidates=candidates)
+                              exclude=excluded, candidates=candidates)
         values[int(member)] = float(
             ranking_metrics(top, relevant[users], (k,), (name,))[metric])
     return values
