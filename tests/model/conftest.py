@@ -1,8 +1,6 @@
 """Fixtures of the model tests: a small synthetic dataset with planted clusters, processed
 once per test module, and systems trained on it (TensorFlow is imported only by the fixtures
-that train)."""
-
-import os
+that train, through `twotower_utils.model`, which sets TF_USE_LEGACY_KERAS first)."""
 
 import pytest
 from log_capture import captured_log
@@ -10,8 +8,6 @@ from small_model import small_overrides
 
 from twotower_utils.config import load_config
 from twotower_utils.data.preprocessing import DataPreprocessor, load_processed
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 @pytest.fixture(scope="module")
